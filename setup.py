@@ -1,0 +1,31 @@
+"""ament_python packaging of tsa_ros (also installable with plain pip, see the Makefile)."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'tsa_ros'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(include=['tsa_ros', 'tsa_ros.*']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
+        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.rviz')),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='tsa_ros developers',
+    maintainer_email='tsa-ros@example.org',
+    description='Redundant teacher-student-adaptive segmentation, robust to adversarial attacks.',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    entry_points={
+        'console_scripts': [
+            'tsa = tsa_ros.cli:main',
+        ],
+    },
+)

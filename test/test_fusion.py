@@ -1,0 +1,323 @@
+"""Tests for tsa_ros.fusion: majority vote, posterior fusion, disagreement and suspect."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from tsa_ros.fusion import (
+    FusionConfig,
+    FusionResult,
+    disagreement,
+    fuse,
+    majority_vote,
+    posterior_fusion,
+    posterior_fusion_labels,
+    suspect,
+)
+
+IGN = 255
+
+
+def _maps(*rows):
+    """One (1, P) uint8 label map per network from flat per-pixel lists."""
+    return [np.array([r], dtype=np.uint8) for r in rows]
+
+
+def _onehot_post(scores, c):
+    """(C, 1, P) posterior map from a {pixel: {class: prob}} dict; rest uniform-ish small."""
+    p = np.full((c, 1, len(scores)), 0.01, dtype=np.float32)
+    for px, cls_probs in enumerate(scores):
+        for cls, v in cls_probs.items():
+            p[cls, 0, px] = v
+    return p
+
+
+# --- majority vote: clear majorities, ignore votes, no-vote pixels ------------------------------
+
+
+def test_majority_clear_winner_independent_of_tie_rule():
+    t, s, a = _maps([1, 3, 0], [2, 3, 4], [2, 3, 4])
+    post = [np.zeros((5, 1, 3), np.float32)] * 3
+    for tie in ('teacher', 'posterior', 'ignore'):
+        out = majority_vote([t, s, a], tie=tie, posteriors=post, num_classes=5)
+        np.testing.assert_array_equal(out, [[2, 3, 4]])
+        assert out.dtype == np.uint8
+
+
+def test_ignore_votes_and_no_vote_pixels():
+    t, s, a = _maps(
+        [IGN, IGN, IGN, IGN, 0],
+        [1, 1, IGN, IGN, IGN],
+        [2, 1, 3, IGN, IGN],
+    )
+    out = majority_vote([t, s, a], num_classes=5)
+    # px0: T silent, 1-1 tie between S and A -> S (next in priority); px1: 2 votes for 1;
+    # px2: only A votes; px3: nobody votes -> ignore; px4: only T votes.
+    np.testing.assert_array_equal(out, [[1, 1, 3, IGN, 0]])
+    out_ign = majority_vote([t, s, a], tie='ignore', num_classes=5)
+    np.testing.assert_array_equal(out_ign, [[IGN, 1, 3, IGN, 0]])
+
+
+def test_k1_returns_input_and_k2_tie():
+    (t,) = _maps([0, 4, IGN])
+    np.testing.assert_array_equal(majority_vote([t], num_classes=5), t)
+    t, s = _maps([0, 1], [2, 1])
+    np.testing.assert_array_equal(majority_vote([t, s], num_classes=5), [[0, 1]])
+    np.testing.assert_array_equal(majority_vote([t, s], priority=[1, 0], num_classes=5), [[2, 1]])
+    np.testing.assert_array_equal(majority_vote([t, s], tie='ignore', num_classes=5), [[IGN, 1]])
+
+
+# --- tie rules ----------------------------------------------------------------------------------
+
+
+def test_tie_teacher_one_one_one():
+    t, s, a = _maps([0], [1], [2])
+    assert majority_vote([t, s, a], num_classes=3)[0, 0] == 0
+    assert majority_vote([t, s, a], priority=[2, 0, 1], num_classes=3)[0, 0] == 2
+    assert majority_vote([t, s, a], priority=(1, 2, 0), num_classes=3)[0, 0] == 1
+
+
+def test_tie_teacher_skips_networks_outside_the_tie_k5():
+    # Votes: 0 x1 (teacher), 1 x2, 2 x2 -> tie {1, 2}; teacher's class 0 is not in the tie.
+    maps = _maps([0], [1], [1], [2], [2])
+    assert majority_vote(maps, num_classes=3)[0, 0] == 1  # network 1 decides
+    assert majority_vote(maps, priority=[0, 3, 1, 2, 4], num_classes=3)[0, 0] == 2
+    assert majority_vote(maps, tie='ignore', num_classes=3)[0, 0] == IGN
+
+
+def test_tie_posterior():
+    t, s, a = _maps([0, 0], [1, 1], [2, 2])
+    # px0: summed posterior favours class 1; px1: favours class 2.
+    post = [
+        _onehot_post([{1: 0.4}, {2: 0.3}], 3),
+        _onehot_post([{1: 0.4}, {2: 0.3}], 3),
+        _onehot_post([{0: 0.5}, {1: 0.2}], 3),
+    ]
+    out = majority_vote([t, s, a], tie='posterior', posteriors=post, num_classes=3)
+    np.testing.assert_array_equal(out, [[1, 2]])
+
+
+def test_tie_posterior_only_among_tied_classes():
+    # Tie {1, 2}; class 0 has by far the largest posterior but is not tied -> must lose.
+    maps = _maps([0], [1], [1], [2], [2])
+    post = [_onehot_post([{0: 0.9, 2: 0.2, 1: 0.1}], 3) for _ in range(5)]
+    out = majority_vote(maps, tie='posterior', posteriors=post, num_classes=3)
+    assert out[0, 0] == 2
+
+
+def test_tie_posterior_batch_shapes_and_torch():
+    rng = np.random.default_rng(0)
+    n, c, h, w = 2, 4, 3, 5
+    # Three networks always disagree on a pixel: labels k, k+1, k+2 (mod 4) -> all ties.
+    base = rng.integers(0, c, size=(n, h, w))
+    labels = [((base + j) % c).astype(np.uint8) for j in range(3)]
+    logits = rng.normal(size=(3, n, c, h, w)).astype(np.float32)
+    post = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    out = majority_vote(labels, tie='posterior', posteriors=list(post), num_classes=c)
+    assert out.shape == (n, h, w)
+
+    # Reference: among the three voted classes, the one with the highest summed posterior.
+    summed = post.sum(axis=0)  # (N, C, H, W)
+    tied = np.stack(labels).astype(np.int64)  # (3, N, H, W)
+    scores = np.take_along_axis(summed, np.moveaxis(tied, 0, 1), axis=1)  # (N, 3, H, W)
+    ref = np.take_along_axis(np.moveaxis(tied, 0, 1), scores.argmax(axis=1)[:, None], axis=1)[:, 0]
+    np.testing.assert_array_equal(out, ref)
+
+    # Torch tensors and a stacked array give the same result as lists of numpy arrays.
+    out_t = majority_vote(
+        [torch.from_numpy(x) for x in labels],
+        tie='posterior',
+        posteriors=torch.from_numpy(post),
+        num_classes=c,
+    )
+    np.testing.assert_array_equal(out_t, out)
+    np.testing.assert_array_equal(
+        majority_vote(np.stack(labels), num_classes=c), labels[0]
+    )  # all-ties -> teacher
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def test_majority_vote_validation():
+    t, s = _maps([0, 1], [1, 0])
+    with pytest.raises(ValueError, match='same shape'):
+        majority_vote([t, np.zeros((1, 3), np.uint8)])
+    with pytest.raises(ValueError, match='K >= 1'):
+        majority_vote([])
+    with pytest.raises(ValueError, match='label values'):
+        majority_vote([t, np.array([[0, 19]], np.uint8)])
+    with pytest.raises(ValueError, match='integer'):
+        majority_vote([t.astype(np.float32), s.astype(np.float32)])
+    with pytest.raises(ValueError, match=r'\(H, W\)'):
+        majority_vote([np.zeros(3, np.uint8)])
+    with pytest.raises(ValueError, match='tie'):
+        majority_vote([t, s], tie='random')
+    with pytest.raises(ValueError, match='requires posteriors'):
+        majority_vote([t, s], tie='posterior')
+    with pytest.raises(ValueError, match='posteriors must be 2 maps'):
+        majority_vote([t, s], tie='posterior', posteriors=[np.zeros((3, 1, 2))] * 2)
+    with pytest.raises(ValueError, match='posteriors must be 2 maps'):  # K mismatch
+        majority_vote([t, s], tie='posterior', posteriors=[np.zeros((19, 1, 2))] * 3)
+    with pytest.raises(ValueError, match='permutation'):
+        majority_vote([t, s], priority=[0, 0])
+    with pytest.raises(ValueError, match='ignore_index'):
+        majority_vote([t, s], ignore_index=5)
+
+
+# --- posterior fusion ---------------------------------------------------------------------------
+
+
+def test_posterior_fusion_mean_and_weights():
+    rng = np.random.default_rng(1)
+    a, b, c = (rng.random((2, 4, 3, 3)).astype(np.float32) for _ in range(3))
+    np.testing.assert_allclose(posterior_fusion([a, b, c]), (a + b + c) / 3, rtol=1e-6)
+    np.testing.assert_allclose(
+        posterior_fusion([a, b], weights=[1, 3]), 0.25 * a + 0.75 * b, rtol=1e-6
+    )
+    np.testing.assert_allclose(posterior_fusion([a, b], weights=[0, 2]), b, rtol=1e-6)
+    lab = posterior_fusion_labels([a, b], weights=[1, 3])
+    assert lab.dtype == np.uint8 and lab.shape == (2, 3, 3)
+    np.testing.assert_array_equal(lab, (0.25 * a + 0.75 * b).argmax(axis=1))
+    # Single (C, H, W) maps: class axis is 0.
+    np.testing.assert_array_equal(
+        posterior_fusion_labels([a[0], b[0]]), (a[0] + b[0]).argmax(axis=0)
+    )
+
+
+def test_posterior_fusion_dtypes_and_torch():
+    a = np.array([[[0.2]], [[0.8]]], dtype=np.float16)
+    b = np.array([[[0.6]], [[0.4]]], dtype=np.float16)
+    out = posterior_fusion([a, b])
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[:, 0, 0], [0.4, 0.6], rtol=1e-3)
+    out_t = posterior_fusion([torch.tensor(a), torch.tensor(b).to(torch.bfloat16)])
+    np.testing.assert_allclose(out_t[:, 0, 0], [0.4, 0.6], atol=1e-2)
+    assert posterior_fusion([a.astype(np.float64)] * 2).dtype == np.float64
+
+
+def test_posterior_fusion_validation():
+    a = np.full((2, 1, 1), 0.5, np.float32)
+    with pytest.raises(ValueError, match='non-negative'):
+        posterior_fusion([a, a], weights=[1, -1])
+    with pytest.raises(ValueError, match='one weight per network'):
+        posterior_fusion([a, a], weights=[1, 1, 1])
+    with pytest.raises(ValueError, match='all be zero'):
+        posterior_fusion([a, a], weights=[0, 0])
+    with pytest.raises(ValueError, match='same shape'):
+        posterior_fusion([a, np.zeros((3, 1, 1), np.float32)])
+    with pytest.raises(ValueError, match='floating'):
+        posterior_fusion([a.astype(np.int64)])
+
+
+# --- disagreement and suspect -------------------------------------------------------------------
+
+
+def test_disagreement_by_hand():
+    t, s, a = _maps([0, 1, 2, IGN], [0, 0, 2, 2], [IGN, IGN, IGN, IGN])
+    fused = np.array([[0, 1, IGN, 2]], np.uint8)
+    d = disagreement([t, s, a], fused)
+    # T: valid in both at px0, px1 -> 0/2. S: px0, px1, px3 -> differs at px1 -> 1/3.
+    # A: never valid -> NaN.
+    np.testing.assert_allclose(d[:2], [0.0, 1 / 3])
+    assert np.isnan(d[2])
+    with pytest.raises(ValueError, match='does not match'):
+        disagreement([t, s], fused[:, :2])
+
+
+def test_suspect_logic():
+    assert suspect([0.1, 0.5, 0.05]) == 1
+    assert suspect([0.1, 0.15, 0.05]) is None  # below threshold
+    assert suspect([0.1, 0.2, 0.05]) is None  # equal is not above
+    assert suspect([0.5, 0.5, 0.1]) is None  # not a unique maximum
+    assert suspect([np.nan, 0.3, 0.1]) == 1  # NaN never wins
+    assert suspect([np.nan, np.nan]) is None
+    assert suspect(np.array([0.05, 0.1]), threshold=0.08) == 1
+    assert suspect([]) is None
+    with pytest.raises(ValueError):
+        suspect([0.1], threshold=1.5)
+
+
+# --- config and fuse ----------------------------------------------------------------------------
+
+
+def test_fusion_config_validation():
+    assert FusionConfig().mode == 'majority'
+    for bad in (
+        {'mode': 'mean'},
+        {'tie': 'coin'},
+        {'suspect_threshold': -0.1},
+        {'weights': [1.0, -1.0]},
+        {'weights': [0.0, 0.0]},
+        {'num_classes': 300},
+    ):
+        with pytest.raises(ValueError):
+            FusionConfig(**bad)
+    assert FusionConfig(mode='posterior', weights=[1, 2]).weights == (1.0, 2.0)
+
+
+def test_fuse_majority_flags_attacked_network():
+    rng = np.random.default_rng(3)
+    clean = rng.integers(0, 19, size=(8, 8)).astype(np.uint8)
+    attacked = clean.copy()
+    attacked[:4] = (attacked[:4] + 1) % 19  # half the image flipped
+    res = fuse([clean, clean, attacked])
+    assert isinstance(res, FusionResult)
+    np.testing.assert_array_equal(res.labels, clean)
+    np.testing.assert_allclose(res.disagreement, [0.0, 0.0, 0.5])
+    assert res.suspect == 2
+    assert fuse([clean, clean, attacked], cfg=FusionConfig(suspect_threshold=0.6)).suspect is None
+
+
+def test_fuse_posterior_mode():
+    rng = np.random.default_rng(4)
+    post = rng.random((3, 5, 4, 4)).astype(np.float32)
+    cfg = FusionConfig(mode='posterior', weights=[2, 1, 1], num_classes=5)
+    res = fuse(posteriors=list(post), cfg=cfg)
+    np.testing.assert_array_equal(res.labels, posterior_fusion_labels(post, weights=[2, 1, 1]))
+    own = post.argmax(axis=1)
+    ref = (own != res.labels[None]).reshape(3, -1).mean(axis=1)
+    np.testing.assert_allclose(res.disagreement, ref)
+    with pytest.raises(ValueError, match='requires posteriors'):
+        fuse(list(own.astype(np.uint8)), cfg=cfg)
+    with pytest.raises(ValueError, match='requires labels'):
+        fuse(None, list(post))
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    label=hnp.arrays(np.uint8, (3, 4), elements=st.sampled_from([0, 1, 2, 3, IGN])),
+    k=st.integers(1, 5),
+    tie=st.sampled_from(['teacher', 'posterior', 'ignore']),
+)
+def test_unanimous_networks_win_for_every_tie_rule(label, k, tie):
+    post = [np.full((4, 3, 4), 0.25, np.float32)] * k
+    out = majority_vote([label] * k, tie=tie, posteriors=post, num_classes=4)
+    np.testing.assert_array_equal(out, label)
+
+
+@settings(max_examples=40, deadline=None)
+@given(stack=hnp.arrays(np.uint8, (3, 2, 5), elements=st.sampled_from([0, 1, 2, IGN])))
+def test_vote_properties(stack):
+    post = np.random.default_rng(0).random((3, 3, 2, 5)).astype(np.float32)
+    res = {
+        tie: majority_vote(stack, tie=tie, posteriors=post, num_classes=3)
+        for tie in ('teacher', 'posterior', 'ignore')
+    }
+    decided = res['ignore'] != IGN
+    for tie in ('teacher', 'posterior'):
+        # Tie rules only change undecided pixels; a strict majority is never overruled.
+        np.testing.assert_array_equal(res[tie][decided], res['ignore'][decided])
+        # The winner is always one of the labels actually voted at that pixel.
+        winner = res[tie]
+        voted = (stack == winner[None]).any(axis=0)
+        assert (voted | (winner == IGN)).all()
+    # Ignore only where nobody voted (teacher rule always resolves ties).
+    no_vote = (stack == IGN).all(axis=0)
+    np.testing.assert_array_equal(res['teacher'] == IGN, no_vote)

@@ -1,0 +1,13 @@
+"""Whether the ROS 2 side of the package can run in this Python environment."""
+
+from __future__ import annotations
+
+
+def ros_problem() -> str | None:
+    """None when rclpy and the package's messages import, else why not."""
+    try:
+        import rclpy  # noqa: F401
+        import tsa_msgs.msg  # noqa: F401
+    except ImportError as exc:
+        return f'{exc} (run `make setup`, or source a ROS 2 workspace that has tsa_msgs)'
+    return None
