@@ -5,6 +5,7 @@
 set -euo pipefail
 venv=$(cd "$1" && pwd)
 build=$2
+mkdir -p "$build"
 repo=$(cd "$(dirname "$0")/.." && pwd)
 py="$venv/bin/python3"
 
@@ -23,7 +24,7 @@ cmake -S "$repo/interfaces/tsa_msgs" -B "$build" \
   -DCMAKE_PROJECT_INCLUDE="$repo/cmake/fix_wheel_include_dirs.cmake" \
   -DTSA_PYTHON_INCLUDE_DIR="$py_inc" \
   -DTSA_NUMPY_INCLUDE_DIR="$np_inc" \
-  >"$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
-cmake --build "$build" -j "$(nproc)" >"$build.build.log" 2>&1 || { tail -50 "$build.build.log"; exit 1; }
+  >"$build/configure.log" 2>&1 || { cat "$build/configure.log"; exit 1; }
+cmake --build "$build" -j "$(nproc)" >"$build/build.log" 2>&1 || { tail -50 "$build/build.log"; exit 1; }
 cmake --install "$build" >/dev/null
 "$py" -c 'import tsa_msgs.msg as m; m.Segmentation(); print("tsa_msgs built and installed into", __import__("sys").prefix)'
