@@ -193,8 +193,8 @@ def ifm_loss(fm: Tensor, *, beta: float = 0.5, gamma: float = 1.0) -> Tensor:
 
     Penalises similarity between A and S. ``beta > 0`` bounds it from above by
     ``1 / beta^gamma`` (reached at ``J_FM = 0``); ``gamma`` sets how fast it falls off
-    as the features move apart. (The paper's experiments use ``beta = 1`` and
-    ``gamma in {0.5, 1, 2}``.)
+    as the features move apart. (Sec. 3.3 states ``beta = 1``; every experiment of sec. 4.3
+    uses ``beta = 0.5`` with ``gamma in {0.5, 1, 2}``, hence the default.)
 
     Args:
         fm: Feature matching loss ``J_FM`` from :func:`fm_loss` (non-negative).
@@ -238,7 +238,7 @@ class TSLossConfig:
 
     Attributes:
         alpha: Weight of the IFM term in eq. (6), in ``[0, 1]``.
-        beta: Offset in eq. (5), ``> 0`` (the paper's experiments use 1).
+        beta: Offset in eq. (5), ``> 0`` (the experiments of sec. 4.3 use 0.5).
         gamma: Exponent in eq. (5), ``> 0`` (the paper uses 0.5, 1 or 2).
         p: Norm order and power in eq. (4), ``> 0``.
     """
