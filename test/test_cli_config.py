@@ -46,3 +46,10 @@ def test_config_errors_name_the_problem(tmp_path, capsys):
         load_config(tmp_path / 'missing.yaml')
     assert main(['config', str(path)]) == 2
     assert 'alpha' in capsys.readouterr().err
+
+
+def test_shipped_system_config_is_the_default():
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / 'config' / 'system.yaml'
+    assert load_config(shipped) == TSAConfig(), 'regenerate with: tsa config > config/system.yaml'
