@@ -32,14 +32,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_config(args: argparse.Namespace) -> int:
     """Print the default configuration, or validate and print a YAML file."""
-    from tsa_ros.config import ConfigError, dump_config, load_config
+    from tsa_ros.config import dump_config, load_config
 
-    try:
-        config = load_config(args.file)
-    except ConfigError as exc:
-        print(f'tsa config: {exc}', file=sys.stderr)
-        return 2
-    print(dump_config(config), end='')
+    print(dump_config(load_config(args.file)), end='')
     return 0
 
 
@@ -70,6 +65,86 @@ def _cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    """Generate the synthetic Cityscapes-layout driving world."""
+    from tsa_ros.data.generate import generate
+
+    manifest = generate(
+        args.out, args.preset, seed=args.seed, workers=args.workers, overwrite=args.overwrite
+    )
+    hist = sorted(manifest['class_histogram'].items(), key=lambda kv: -kv[1])
+    print(f'wrote {args.out} ({args.preset}, seed {args.seed}) in {manifest["seconds"]} s')
+    print('class histogram (share of labeled pixels):')
+    for name, share in hist:
+        print(f'  {name:<14} {100 * share:6.2f} %')
+    return 0
+
+
+def _cmd_data_bag(args: argparse.Namespace) -> int:
+    """Write a split's sequence snippets as a rosbag2."""
+    from tsa_ros.data.export import export_bag
+
+    summary = export_bag(
+        args.root,
+        args.split,
+        args.out,
+        storage=args.format,
+        size=tuple(args.size) if args.size else None,
+        overwrite=args.overwrite,
+    )
+    print(
+        f'wrote {summary.path} ({summary.storage}): {summary.frames} frames, '
+        f'{summary.ground_truth} with ground truth, {summary.duration_s:.1f} s'
+    )
+    for topic, count in sorted(summary.topics.items()):
+        print(f'  {topic}: {count}')
+    return 0
+
+
+def _cmd_data_sheet(args: argparse.Namespace) -> int:
+    """Contact sheet PNG of images and colourised labels."""
+    from tsa_ros.data.contact_sheet import contact_sheet
+
+    path = contact_sheet(args.root, args.out, split=args.split, count=args.count)
+    print(f'wrote {path}')
+    return 0
+
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser('data', help='synthetic data, Cityscapes layout, rosbag2 export')
+    data_sub = data.add_subparsers(dest='data_command', metavar='DATA_COMMAND', required=True)
+
+    p = data_sub.add_parser('synth', help='generate the synthetic driving world')
+    p.add_argument('--out', required=True, help='output root (Cityscapes layout)')
+    p.add_argument('--preset', default='tiny', choices=['tiny', 'default', 'paper'])
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--workers', type=int, default=None, help='processes (default: all cores)')
+    p.add_argument('--overwrite', action='store_true', help='write into a non-empty folder')
+    p.set_defaults(func=_cmd_data_synth)
+
+    p = data_sub.add_parser('bag', help='write sequence snippets of a split as a rosbag2')
+    p.add_argument('--root', required=True, help='data root in the Cityscapes layout')
+    p.add_argument('--split', default='val', help='split (val, test, minival, minitest ...)')
+    p.add_argument('--out', required=True, help='bag directory to create')
+    p.add_argument('--format', default='sqlite3', choices=['sqlite3', 'mcap'])
+    p.add_argument(
+        '--size',
+        type=int,
+        nargs=2,
+        metavar=('H', 'W'),
+        help='resize frames (default: native size)',
+    )
+    p.add_argument('--overwrite', action='store_true')
+    p.set_defaults(func=_cmd_data_bag)
+
+    p = data_sub.add_parser('sheet', help='contact sheet PNG of images and labels')
+    p.add_argument('--root', required=True)
+    p.add_argument('--split', default='train')
+    p.add_argument('--count', type=int, default=8)
+    p.add_argument('--out', required=True)
+    p.set_defaults(func=_cmd_data_sheet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='tsa',
@@ -91,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--classes', type=int, default=19)
     p.add_argument('--size', type=int, nargs=2, default=[512, 1024], metavar=('H', 'W'))
     p.set_defaults(func=_cmd_model)
+
+    _add_data_commands(sub)
     return parser
 
 
@@ -100,7 +177,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, 'func', None):
         parser.print_help()
         return 0
-    return args.func(args)
+    from tsa_ros.config import ConfigError
+    from tsa_ros.data.bag import BagError
+    from tsa_ros.data.cityscapes import DataError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, BagError, FileExistsError, FileNotFoundError) as exc:
+        # Bad input: one clear line, no traceback.
+        print(f'tsa {args.command}: {exc}', file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':

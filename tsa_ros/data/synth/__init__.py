@@ -1,0 +1,31 @@
+"""Procedural Cityscapes-like street scenes: the project's embedded default data set.
+
+:func:`sample_scene` draws a street (layout, buildings, vegetation, street furniture, road
+users and their motion, lighting) and :func:`render_frame` renders any of its 30 frames
+(17 Hz; frame 19 is the annotated one) as an RGB image plus a Cityscapes label-id map.
+"""
+
+from tsa_ros.data.synth.render import label_histogram, render_frame
+from tsa_ros.data.synth.world import (
+    ANNOTATED_FRAME,
+    FPS,
+    LABEL_IDS,
+    NUM_FRAMES,
+    Scene,
+    SceneStyle,
+    sample_scene,
+    sample_style,
+)
+
+__all__ = [
+    'ANNOTATED_FRAME',
+    'FPS',
+    'LABEL_IDS',
+    'NUM_FRAMES',
+    'Scene',
+    'SceneStyle',
+    'label_histogram',
+    'render_frame',
+    'sample_scene',
+    'sample_style',
+]
