@@ -1,0 +1,114 @@
+"""ROS parameters declared from the core's configuration dataclasses (one config truth).
+
+``declare_dataclass(node, LearnerConfig(), prefix='learner')`` declares ``learner.lr``,
+``learner.loss.alpha`` ... with the dataclass defaults and the descriptions from the class
+docstring's ``Attributes:`` section, reads them back (params files and ``-p`` overrides
+included) and builds the dataclass, whose own validation then names any bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import types
+import typing
+from typing import Any, TypeVar
+
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rclpy.node import Node
+
+from tsa_ros.config import ConfigError, from_dict
+
+T = TypeVar('T')
+
+_SCALARS = {
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    float: ParameterType.PARAMETER_DOUBLE,
+    str: ParameterType.PARAMETER_STRING,
+}
+_ARRAYS = {
+    int: ParameterType.PARAMETER_INTEGER_ARRAY,
+    float: ParameterType.PARAMETER_DOUBLE_ARRAY,
+    str: ParameterType.PARAMETER_STRING_ARRAY,
+    bool: ParameterType.PARAMETER_BOOL_ARRAY,
+}
+
+
+def attribute_docs(cls: type) -> dict[str, str]:
+    """Field descriptions from a Google-style ``Attributes:`` docstring section."""
+    doc = inspect.getdoc(cls) or ''
+    match = re.search(r'^Attributes:\n((?:[ \t]+.*\n?|\n)+)', doc, re.MULTILINE)
+    if not match:
+        return {}
+    docs: dict[str, str] = {}
+    current = None
+    for line in match.group(1).splitlines():
+        item = re.match(r'^\s{2,4}(\w+)(?: \([^)]*\))?:\s*(.*)$', line)
+        if item:
+            current = item.group(1)
+            docs[current] = item.group(2).strip()
+        elif current and line.strip():
+            docs[current] += ' ' + line.strip()
+    return docs
+
+
+def _ros_type(tp: Any) -> tuple[int, bool]:
+    """(ParameterType, optional) for an annotation."""
+    optional = False
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0]
+    if typing.get_origin(tp) in (tuple, list):
+        inner = typing.get_args(tp)[0]
+        return _ARRAYS[inner], optional
+    return _SCALARS[tp], optional
+
+
+def _ros_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def declare_dataclass(node: Node, config: T, prefix: str = '', *, read_only: bool = True) -> T:
+    """Declare every field of ``config`` (recursively) as a parameter; return the values read.
+
+    Optional fields whose default is None are declared with dynamic typing, so a params file
+    may set a number or leave them unset. Raises ConfigError naming the parameter on a value
+    the dataclass rejects.
+    """
+    data = _declare(node, type(config), config, prefix, read_only)
+    try:
+        return from_dict(type(config), data, prefix.rstrip('.') or type(config).__name__)
+    except ConfigError as exc:
+        raise ConfigError(f'parameter {exc}') from exc
+
+
+def _declare(node: Node, cls: type, config: Any, prefix: str, read_only: bool) -> dict:
+    hints = typing.get_type_hints(cls)
+    docs = attribute_docs(cls)
+    data = {}
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        name = f'{prefix}.{field.name}' if prefix else field.name
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            data[field.name] = _declare(node, type(value), value, name, read_only)
+            continue
+        ptype, optional = _ros_type(hints[field.name])
+        descriptor = ParameterDescriptor(
+            name=name,
+            description=docs.get(field.name, field.name.replace('_', ' ')),
+            read_only=read_only,
+        )
+        if value is None:
+            descriptor.dynamic_typing = True
+            param = node.declare_parameter(name, None, descriptor)
+        else:
+            descriptor.type = ptype
+            param = node.declare_parameter(name, _ros_value(value), descriptor)
+        got = param.value
+        data[field.name] = None if (optional and got is None) else got
+    return data
