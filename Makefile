@@ -40,8 +40,8 @@ test: setup
 	$(VPY) -m pytest test
 
 lint: setup
-	$(VENV)/bin/ruff check tsa_ros test benchmarks setup.py
-	$(VENV)/bin/ruff format --check tsa_ros test benchmarks setup.py
+	$(VENV)/bin/ruff check tsa_ros test benchmarks launch setup.py
+	$(VENV)/bin/ruff format --check tsa_ros test benchmarks launch setup.py
 
 clean:
 	rm -rf $(BUILD)

@@ -26,6 +26,12 @@ setup(
     entry_points={
         'console_scripts': [
             'tsa = tsa_ros.cli:main',
+            'segmenter = tsa_ros.ros.segmenter_node:main',
+            'learner = tsa_ros.ros.learner_node:main',
+            'fusion = tsa_ros.ros.fusion_node:main',
+            'attacker = tsa_ros.ros.attacker_node:main',
+            'bag_player = tsa_ros.ros.bag_player_node:main',
+            'evaluator = tsa_ros.ros.evaluator_node:main',
         ],
     },
 )

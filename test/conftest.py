@@ -1,22 +1,38 @@
 """Shared pytest fixtures."""
 
-import itertools
+import fcntl
 import os
+import tempfile
 
 import pytest
 
-# Each test that talks DDS gets its own domain so parallel runs and other tests cannot cross-talk.
-# 0-101 are the ids ROS 2 recommends; start high to stay away from a user's default domain 0.
-_domain_ids = itertools.count(60 + os.getpid() % 20)
+# Each test that talks DDS gets its own domain so tests (also of concurrent pytest runs on the
+# machine) cannot cross-talk: an id is claimed with an exclusive lock file for the test's
+# duration. 1-101 are the ids ROS 2 recommends; start high to keep off a user's domain 0.
+_DOMAINS = range(40, 101)
+
+
+def _claim_domain():
+    for offset in range(len(_DOMAINS)):
+        domain_id = _DOMAINS[(os.getpid() + offset) % len(_DOMAINS)]
+        path = os.path.join(tempfile.gettempdir(), f'tsa_ros_domain_{domain_id}.lock')
+        handle = open(path, 'w')  # noqa: SIM115 - held until the test ends
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return domain_id, handle
+        except BlockingIOError:
+            handle.close()
+    raise RuntimeError('no free ROS domain id for the test')
 
 
 @pytest.fixture
 def ros_domain_id(monkeypatch):
-    """A fresh ROS_DOMAIN_ID, exported to this process and its children, localhost only."""
-    domain_id = next(_domain_ids) % 101 or 1
+    """A ROS_DOMAIN_ID no other running test uses, exported to children, localhost only."""
+    domain_id, lock = _claim_domain()
     monkeypatch.setenv('ROS_DOMAIN_ID', str(domain_id))
     monkeypatch.setenv('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-    return domain_id
+    yield domain_id
+    lock.close()
 
 
 class RosHarness:

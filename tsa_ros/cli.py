@@ -168,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_model)
 
     _add_data_commands(sub)
+
+    from tsa_ros.ros.up import add_arguments, main_from_args
+
+    p = sub.add_parser(
+        'up', help='bring up a ROS 2 graph like ros2 launch (tsa, replay, attack_injection)'
+    )
+    add_arguments(p)
+    p.set_defaults(func=main_from_args)
     return parser
 
 
@@ -183,7 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, BagError, FileExistsError, FileNotFoundError) as exc:
+    except (
+        ConfigError,
+        DataError,
+        BagError,
+        FileExistsError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
         # Bad input: one clear line, no traceback.
         print(f'tsa {args.command}: {exc}', file=sys.stderr)
         return 2

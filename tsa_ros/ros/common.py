@@ -84,7 +84,11 @@ def weights_key(node: Node) -> bytes:
 
 
 def run(node_factory: Callable[[], Node], args: Sequence[str] | None = None, threads: int = 2):
-    """The one shape of every node's main(): init, spin, treat Ctrl-C as a normal exit."""
+    """The one shape of every node's main(): init, spin, treat Ctrl-C as a normal exit.
+
+    A node that cannot start (bad parameter, missing file) exits with status 2 after one
+    clear log line instead of a traceback.
+    """
     with rclpy.init(args=args if args is not None else sys.argv):
         node = None
         try:
@@ -94,6 +98,11 @@ def run(node_factory: Callable[[], Node], args: Sequence[str] | None = None, thr
             executor.spin()
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
+        except (ValueError, OSError) as exc:  # ConfigError, CheckpointError, BagError, files
+            if node is not None:
+                raise
+            rclpy.logging.get_logger('tsa_ros').fatal(f'cannot start: {exc}')
+            sys.exit(2)
         finally:
             if node is not None:
                 close = getattr(node, 'close', None)

@@ -8,6 +8,7 @@ included) and builds the dataclass, whose own validation then names any bad valu
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import inspect
 import re
@@ -61,7 +62,7 @@ def _ros_type(tp: Any) -> tuple[int, bool]:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         optional = len(args) < len(typing.get_args(tp))
         tp = args[0]
-    if typing.get_origin(tp) in (tuple, list):
+    if typing.get_origin(tp) in (tuple, list, collections.abc.Sequence):
         inner = typing.get_args(tp)[0]
         return _ARRAYS[inner], optional
     return _SCALARS[tp], optional
@@ -103,9 +104,10 @@ def _declare(node: Node, cls: type, config: Any, prefix: str, read_only: bool) -
             description=docs.get(field.name, field.name.replace('_', ' ')),
             read_only=read_only,
         )
-        if value is None:
+        if value is None or (isinstance(value, tuple | list) and not value):
+            # rclpy cannot infer a type from None or [] (it would pick BYTE_ARRAY for []).
             descriptor.dynamic_typing = True
-            param = node.declare_parameter(name, None, descriptor)
+            param = node.declare_parameter(name, _ros_value(value), descriptor)
         else:
             descriptor.type = ptype
             param = node.declare_parameter(name, _ros_value(value), descriptor)

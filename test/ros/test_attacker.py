@@ -1,0 +1,118 @@
+"""AttackerNode over real DDS: adversarial frames keep the header and match the offline attack."""
+
+import numpy as np
+import pytest
+import torch
+
+rclpy = pytest.importorskip('rclpy')
+from builtin_interfaces.msg import Time  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from tsa_ros.attacks import AttackConfig, adversarial_loss, least_likely_attack  # noqa: E402
+from tsa_ros.models import ModelConfig, build_model  # noqa: E402
+from tsa_ros.ros import convert, qos  # noqa: E402
+from tsa_ros.ros.attacker_node import AttackerNode, AttackerParams  # noqa: E402
+
+SIZE = (32, 64)
+EPSILON = 8.0  # large enough to move a tiny random network's prediction
+SEED = 2
+
+
+@pytest.fixture
+def attacker(ros):
+    """(node, probe publisher, list of received frames), discovered and connected."""
+    node = ros.add(
+        AttackerNode(
+            context=ros.context,
+            parameter_overrides=[
+                Parameter('model.input_size', value=list(SIZE)),
+                Parameter('seed', value=SEED),
+                Parameter('target', value='teacher'),
+                Parameter('attack.epsilon', value=EPSILON),
+            ],
+        )
+    )
+    probe = ros.node('probe')
+    pub = probe.create_publisher(Image, 'image_in', qos.SENSOR)
+    got = []
+    sub = probe.create_subscription(Image, 'image_out', got.append, qos.RESULTS)
+    assert ros.wait_for(
+        lambda: pub.get_subscription_count() > 0 and sub.get_publisher_count() > 0
+    ), 'attacker and probe did not discover each other'
+    return node, pub, got
+
+
+def frame():
+    rgb = np.random.default_rng(0).integers(0, 256, (*SIZE, 3), dtype=np.uint8)
+    header = Header(stamp=Time(sec=42, nanosec=7), frame_id='camera')
+    return rgb, convert.image_msg(rgb, 'rgb8', header)
+
+
+def send(ros, pub, msg, condition):
+    """Publish (again every 2 s: the camera QoS is best effort) until ``condition``."""
+    for _ in range(15):
+        pub.publish(msg)
+        if ros.wait_for(condition, timeout=2.0):
+            return True
+    return False
+
+
+def answer(ros, pub, got, msg):
+    count = len(got)
+    assert send(ros, pub, msg, lambda: len(got) > count), 'no frame came out of the attacker'
+    return got[-1]
+
+
+def test_adversarial_frame_keeps_header_and_equals_offline_attack(ros, attacker):
+    node, pub, got = attacker
+    rgb, msg = frame()
+
+    out = answer(ros, pub, got, msg)
+
+    header = out.header
+    assert (header.stamp.sec, header.stamp.nanosec, header.frame_id) == (42, 7, 'camera')
+    assert (out.height, out.width, out.encoding) == (*SIZE, 'rgb8')
+    adv = convert.image_to_rgb(out)
+    diff = np.abs(adv.astype(int) - rgb.astype(int))
+    assert diff.max() <= EPSILON and diff.max() > 0
+
+    torch.manual_seed(SEED)
+    model = build_model(ModelConfig(input_size=SIZE)).eval()
+    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float()
+    expected = least_likely_attack(model, x, AttackConfig(epsilon=EPSILON))
+    expected = expected[0].round().to(torch.uint8).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(adv, expected)
+
+    # The attack works on the attacked network: its prediction moves away from the clean one
+    # and towards the clean frame's least likely classes (eq. 8 decreases).
+    x_adv = torch.from_numpy(adv.copy()).permute(2, 0, 1)[None].float()
+    clean_pred = model.predict(x)
+    assert (model.predict(x_adv) == clean_pred).float().mean() < 0.99
+    with torch.no_grad():
+        targets = model(x).argmin(dim=1)
+        assert adversarial_loss(model(x_adv), targets) < adversarial_loss(model(x), targets)
+    assert node.health.counters['frames'] >= 1
+
+
+def test_disabled_attacker_passes_frames_through_and_bad_frames_are_rejected(ros, attacker):
+    node, pub, got = attacker
+    rgb, msg = frame()
+    assert node.set_parameters([Parameter('enabled', value=False)])[0].successful
+    assert not node.params.enabled
+
+    out = answer(ros, pub, got, msg)
+
+    assert bytes(out.data) == rgb.tobytes()
+    assert (out.header.stamp.sec, out.header.frame_id) == (42, 'camera')
+
+    assert node.set_parameters([Parameter('enabled', value=True)])[0].successful
+    assert not node.set_parameters([Parameter('target', value='oracle')])[0].successful
+    msg.encoding = 'not-an-encoding'
+    assert send(ros, pub, msg, lambda: node.health.counters['rejected.image'] >= 1)
+
+
+def test_invalid_target_is_refused():
+    with pytest.raises(ValueError, match='target'):
+        AttackerParams(target='adaptive')

@@ -1,0 +1,204 @@
+"""FusionNode over real DDS: joins the triplet's results by stamp, fuses, names suspects."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytest.importorskip('rclpy')
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from tsa_msgs.msg import FusedSegmentation, Segmentation  # noqa: E402
+
+from tsa_ros import fusion  # noqa: E402
+from tsa_ros.data.labels import colorize  # noqa: E402
+from tsa_ros.ros import convert, qos  # noqa: E402
+from tsa_ros.ros.fusion_node import FusionNode  # noqa: E402
+
+H, W, C = 16, 32, 19
+ROLES = ('teacher', 'student', 'adaptive')
+
+
+def make_fusion(ros, **overrides):
+    values = {'timeout_s': 0.3, **overrides}
+    params = [Parameter(name, value=value) for name, value in values.items()]
+    return ros.add(FusionNode(context=ros.context, parameter_overrides=params))
+
+
+class Probe:
+    """One publisher per role; records fused/segmentation, fused/labels and fused/color."""
+
+    def __init__(self, ros):
+        self.ros = ros
+        self.node = ros.node('probe')
+        self.pubs = {
+            role: self.node.create_publisher(Segmentation, f'{role}/segmentation', qos.RESULTS)
+            for role in ROLES
+        }
+        self.fused, self.labels, self.color, self.diagnostics = [], [], [], []
+        subs = [
+            self.node.create_subscription(
+                FusedSegmentation, 'fused/segmentation', self.fused.append, qos.RESULTS
+            ),
+            self.node.create_subscription(Image, 'fused/labels', self.labels.append, qos.RESULTS),
+            self.node.create_subscription(Image, 'fused/color', self.color.append, qos.RESULTS),
+        ]
+        self.node.create_subscription(
+            DiagnosticArray, '/diagnostics', self.diagnostics.append, qos.RESULTS
+        )
+        assert ros.wait_for(
+            lambda: (
+                all(p.get_subscription_count() > 0 for p in self.pubs.values())
+                and all(s.get_publisher_count() > 0 for s in subs)
+            ),
+            timeout=20,
+        ), 'DDS discovery between probe and fusion failed'
+
+    def send(self, index, labels, roles=ROLES, posteriors=None):
+        header = Header(frame_id='camera')
+        header.stamp.sec, header.stamp.nanosec = 200 + index, 7
+        for role in roles:
+            probs = None if posteriors is None else posteriors.get(role)
+            self.pubs[role].publish(
+                convert.segmentation_msg(header, role, 'erfnet', index, labels[role], probs)
+            )
+        return header.stamp.sec
+
+    def by_stamp(self):
+        return {m.header.stamp.sec: m for m in self.fused}
+
+
+def decoded(msg):
+    return np.array(convert.labels_from_image(msg))
+
+
+def test_fuses_three_results_per_stamp_and_names_the_suspect(ros):
+    node = make_fusion(ros, timeout_s=5.0)  # long: every frame must complete, not time out
+    probe = Probe(ros)
+    rng = np.random.default_rng(1)
+    sent = {}
+    for index in range(4):
+        labels = {r: rng.integers(0, C, (H, W), dtype=np.uint8) for r in ROLES}
+        labels['adaptive'][: H // 2] = labels['teacher'][: H // 2]  # some agreement
+        sent[probe.send(index, labels)] = labels
+        time.sleep(0.02)
+    # T and A agree everywhere, S is wrong everywhere: S is the suspect.
+    teacher = rng.integers(0, C, (H, W), dtype=np.uint8)
+    attacked = {'teacher': teacher, 'student': (teacher + 1) % C, 'adaptive': teacher.copy()}
+    attacked_sec = probe.send(9, attacked)
+    sent[attacked_sec] = attacked
+
+    assert ros.wait_for(lambda: len(probe.fused) >= 5 and len(probe.color) >= 5, timeout=10)
+    fused = probe.by_stamp()
+    assert sorted(fused) == sorted(sent), 'one FusedSegmentation per stamp, with that stamp'
+    for sec, labels in sent.items():
+        msg = fused[sec]
+        maps = [labels[r] for r in ROLES]
+        expected = fusion.majority_vote(maps)
+        assert msg.header.stamp.nanosec == 7 and msg.header.frame_id == 'camera'
+        assert (msg.fusion_mode, msg.tie_rule) == ('majority', 'teacher')
+        assert list(msg.roles) == list(ROLES) and list(msg.missing_roles) == []
+        assert list(msg.model_versions) == [sec - 200] * 3
+        np.testing.assert_array_equal(decoded(msg.labels), expected)
+        dis = fusion.disagreement(maps, expected)
+        np.testing.assert_allclose(msg.disagreement, dis, rtol=1e-6)
+        index = fusion.suspect(dis)
+        assert msg.suspected_role == ('' if index is None else ROLES[index])
+    assert fused[attacked_sec].suspected_role == 'student'
+    np.testing.assert_allclose(fused[attacked_sec].disagreement, [0.0, 1.0, 0.0])
+    assert node.health.counters['suspected.student'] >= 1
+    # The mono8 and rgb8 outputs carry the same mask and header.
+    labels_msg = next(m for m in probe.labels if m.header.stamp.sec == attacked_sec)
+    np.testing.assert_array_equal(decoded(labels_msg), teacher)
+    color_msg = next(m for m in probe.color if m.header.stamp.sec == attacked_sec)
+    np.testing.assert_array_equal(convert.image_to_rgb(color_msg), colorize(teacher))
+
+
+def test_silent_role_times_out_and_is_reported(ros):
+    node = make_fusion(ros, timeout_s=0.3)
+    probe = Probe(ros)
+    rng = np.random.default_rng(2)
+    sent = {}
+    for index in range(3):
+        labels = {r: rng.integers(0, C, (H, W), dtype=np.uint8) for r in ROLES}
+        sent[probe.send(index, labels, roles=('teacher', 'adaptive'))] = labels
+
+    assert ros.wait_for(lambda: len(probe.fused) >= 3, timeout=10), 'partial frames were lost'
+    for msg in probe.fused:
+        labels = sent[msg.header.stamp.sec]
+        assert list(msg.missing_roles) == ['student']
+        assert list(msg.roles) == ['teacher', 'adaptive']
+        # Two votes: every disagreement is a tie, which the teacher rule gives to T.
+        np.testing.assert_array_equal(decoded(msg.labels), labels['teacher'])
+    assert node.health.counters['missing.student'] == 3
+
+    def warned():
+        for array in probe.diagnostics:
+            for status in array.status:
+                if status.name.endswith('fusion') and status.level == DiagnosticStatus.WARN:
+                    values = {kv.key: kv.value for kv in status.values}
+                    if 'student' in status.message and values.get('missing.student') == '3':
+                        return True
+        return False
+
+    assert ros.wait_for(warned, timeout=5), '/diagnostics did not name the silent role'
+
+
+def test_twenty_frames_give_twenty_results(ros):
+    make_fusion(ros, timeout_s=2.0)
+    probe = Probe(ros)
+    rng = np.random.default_rng(3)
+    stamps = []
+    for index in range(20):
+        labels = {r: rng.integers(0, C, (H, W), dtype=np.uint8) for r in ROLES}
+        stamps.append(probe.send(index, labels))
+        time.sleep(0.01)
+    assert ros.wait_for(lambda: len(probe.fused) >= 20, timeout=15)
+    time.sleep(0.5)  # nothing more (no duplicates) may come
+    assert sorted(m.header.stamp.sec for m in probe.fused) == stamps
+    assert all(not m.missing_roles for m in probe.fused)
+
+
+def test_size_mismatch_is_rejected_and_posterior_mode_falls_back(ros):
+    weights = [2.0, 1.0, 1.0]
+    node = make_fusion(
+        ros, **{'timeout_s': 2.0, 'fusion.mode': 'posterior', 'fusion.weights': weights}
+    )
+    probe = Probe(ros)
+    rng = np.random.default_rng(4)
+
+    def softmax(shape):
+        logits = rng.normal(size=shape)
+        e = np.exp(logits - logits.max(axis=0))
+        return (e / e.sum(axis=0)).astype(np.float32)
+
+    # Posteriors at half resolution from every role: posterior fusion of the upsampled maps.
+    labels = {r: rng.integers(0, C, (H, W), dtype=np.uint8) for r in ROLES}
+    probs = {r: softmax((C, H // 2, W // 2)) for r in ROLES}
+    ok_sec = probe.send(0, labels, posteriors=probs)
+    # The student lacks posteriors: majority vote for this frame.
+    fallback_sec = probe.send(1, labels, posteriors={'teacher': probs['teacher']})
+    # The student's labels have another size: the frame is rejected.
+    bad = dict(labels, student=rng.integers(0, C, (H, W + 8), dtype=np.uint8))
+    bad_sec = probe.send(2, bad, posteriors=probs)
+
+    assert ros.wait_for(lambda: len(probe.fused) >= 2, timeout=10)
+    assert ros.wait_for(lambda: node.health.counters['rejected.size'] == 1, timeout=10)
+    fused = probe.by_stamp()
+    assert bad_sec not in fused, 'a frame with label maps of different sizes was fused'
+    assert fused[ok_sec].fusion_mode == 'posterior'
+    upsampled = [
+        F.interpolate(torch.from_numpy(probs[r])[None], size=(H, W), mode='bilinear')[0]
+        for r in ROLES
+    ]
+    expected = fusion.posterior_fusion_labels(upsampled, weights=weights)
+    np.testing.assert_array_equal(decoded(fused[ok_sec].labels), expected)
+    assert fused[fallback_sec].fusion_mode == 'majority'
+    np.testing.assert_array_equal(
+        decoded(fused[fallback_sec].labels), fusion.majority_vote([labels[r] for r in ROLES])
+    )
+    assert node.health.counters['fallback.no_posteriors'] == 1

@@ -1,0 +1,112 @@
+"""One description of the graph: launch files, `tsa up` and the params file agree."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tsa_ros.ros.graph import GRAPHS, GraphArgs, describe, launch_arguments
+from tsa_ros.ros.up import node_command
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCH = REPO / 'launch'
+PARAMS = REPO / 'config' / 'tsa.yaml'
+
+
+def launch_graph_name(path):
+    """The graph a launch file builds: it must be `return generate('<graph>')` and no more."""
+    tree = ast.parse(path.read_text())
+    (func,) = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert func.name == 'generate_launch_description'
+    (ret,) = func.body
+    call = ret.value
+    assert isinstance(call, ast.Call) and call.func.id == 'generate'
+    return call.args[0].value
+
+
+@pytest.mark.parametrize('graph', GRAPHS)
+def test_each_launch_file_delegates_to_the_graph_description(graph):
+    assert launch_graph_name(LAUNCH / f'{graph}.launch.py') == graph
+
+
+def test_graphs_have_the_expected_nodes_and_wiring():
+    args = GraphArgs(bag='/data/bag', attack_target='student', epsilon=10)
+    names = {g: [s.name for s in describe(g, args)] for g in GRAPHS}
+    assert names['tsa'] == ['teacher', 'student', 'adaptive', 'learner', 'fusion']
+    assert names['replay'] == names['tsa'] + ['bag_player', 'evaluator']
+    assert names['attack_injection'] == names['replay'] + ['attacker']
+    specs = {s.name: s for s in describe('attack_injection', args)}
+    assert ('image', '/camera/image_raw') in specs['student'].remappings
+    assert ('weights', '/tsa/learner/weights') in specs['adaptive'].remappings
+    assert specs['bag_player'].remappings == (('/camera/image_raw', '/camera/image_clean'),)
+    assert specs['attacker'].remappings == (
+        ('image_in', '/camera/image_clean'),
+        ('image_out', '/camera/image_raw'),
+    )
+    # White box: the attacker gets the attacked role's model config and seed.
+    student = yaml.safe_load(PARAMS.read_text())['/**/student']['ros__parameters']
+    assert specs['attacker'].parameters['model.arch'] == student['model']['arch']
+    assert specs['attacker'].parameters['seed'] == student['seed']
+    assert specs['attacker'].parameters['attack.epsilon'] == 10
+    with pytest.raises(ValueError, match='needs a bag'):
+        describe('replay', GraphArgs())
+
+
+def test_tsa_up_dry_run_prints_the_same_description(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'tsa_ros.cli',
+            'up',
+            'attack_injection',
+            '--bag',
+            '/data/bag',
+            '--epsilon',
+            '10',
+            '--device',
+            'cpu',
+            '--loop',
+            '--dry-run',
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    printed = json.loads(out)
+    args = GraphArgs(bag='/data/bag', epsilon=10.0, loop=True)
+    expected = describe('attack_injection', args)
+    assert [p['name'] for p in printed] == [s.name for s in expected]
+    for entry, spec in zip(printed, expected, strict=True):
+        assert entry['parameters'] == json.loads(json.dumps(spec.parameters))
+        assert [tuple(r) for r in entry['remappings']] == list(spec.remappings)
+        assert entry['command'][1:] == node_command(spec, str(PARAMS))[1:]
+
+
+def test_launch_arguments_cover_graph_args():
+    names = {a.name for a in launch_arguments('attack_injection')}
+    assert names == set(GraphArgs.__dataclass_fields__)
+    assert all(a.description for a in launch_arguments('attack_injection'))
+
+
+def test_launch_ros_builds_the_same_nodes():
+    """Only where launch_ros is installed (a real ROS 2 install); PyPI has no wheel."""
+    pytest.importorskip('launch_ros')
+    from launch import LaunchContext
+    from tsa_ros.ros.launch_description import generate
+
+    for graph in GRAPHS:
+        description = generate(graph)
+        context = LaunchContext()
+        for action in description.entities[:-1]:
+            context.launch_configurations[action.name] = action.default_value[0].text
+        context.launch_configurations['bag'] = '/data/bag'
+        nodes = description.entities[-1].execute(context)
+        args = GraphArgs.from_strings(dict(context.launch_configurations))
+        specs = describe(graph, args)
+        assert [n.node_name for n in nodes] == [s.name for s in specs]
+        assert [n.node_executable for n in nodes] == [s.executable for s in specs]

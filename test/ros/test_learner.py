@@ -1,0 +1,174 @@
+"""LearnerNode over real DDS: joins frames with teacher posteriors, trains A, signs snapshots."""
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip('rclpy')
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from tsa_msgs.msg import LearnerStatus, ModelWeights, Segmentation  # noqa: E402
+
+from tsa_ros.models import ModelConfig, build_model  # noqa: E402
+from tsa_ros.ros import convert, qos  # noqa: E402
+from tsa_ros.ros.common import DEMO_KEY  # noqa: E402
+from tsa_ros.ros.learner_node import LearnerNode  # noqa: E402
+
+H, W, C = 32, 64, 19
+CONFIG = ModelConfig(input_size=(H, W))
+
+
+def make_learner(ros, checkpoint='', **overrides):
+    values = {
+        'model.input_size': [H, W],
+        'seed': 0,
+        'learner.lr': 1e-3,
+        'learner.batch_size': 1,
+        'learner.queue_size': 4,
+        'learner.snapshot_every': 2,
+        'learner.device': 'cpu',
+        'checkpoint_path': checkpoint,
+        'join_timeout_s': 0.5,
+        'status_period_s': 0.2,
+        **overrides,
+    }
+    params = [Parameter(name, value=value) for name, value in values.items()]
+    return ros.add(LearnerNode(context=ros.context, parameter_overrides=params))
+
+
+class Probe:
+    """Publishes camera frames and teacher results; records the learner's outputs."""
+
+    def __init__(self, ros, name='probe'):
+        self.ros = ros
+        self.node = ros.node(name)
+        self.image_pub = self.node.create_publisher(Image, 'image', qos.SENSOR)
+        self.teacher_pub = self.node.create_publisher(
+            Segmentation, 'teacher/segmentation', qos.RESULTS
+        )
+        self.weights, self.status = [], []
+        self.node.create_subscription(
+            ModelWeights, 'learner/weights', self.weights.append, qos.LATCHED
+        )
+        self.node.create_subscription(
+            LearnerStatus, 'learner/status', self.status.append, qos.RESULTS
+        )
+        self.rng = np.random.default_rng(0)
+        assert ros.wait_for(
+            lambda: (
+                self.image_pub.get_subscription_count() > 0
+                and self.teacher_pub.get_subscription_count() > 0
+                and self.node.count_publishers('learner/status') > 0
+            ),
+            timeout=20,
+        ), 'DDS discovery between probe and learner failed'
+
+    def send(self, index, teacher=True, posteriors=True, scale=1):
+        header = Header(frame_id='camera')
+        header.stamp.sec, header.stamp.nanosec = 100 + index, 5
+        rgb = self.rng.integers(0, 256, (H * scale, W * scale, 3), dtype=np.uint8)
+        self.image_pub.publish(convert.image_msg(rgb, 'rgb8', header))
+        if teacher:
+            logits = torch.from_numpy(self.rng.normal(size=(C, H // 2, W // 2))).float()
+            probs = torch.softmax(logits, 0).numpy() if posteriors else None
+            labels = self.rng.integers(0, C, (H * scale, W * scale), dtype=np.uint8)
+            self.teacher_pub.publish(
+                convert.segmentation_msg(header, 'teacher', 'deeplab', 0, labels, probs)
+            )
+
+
+def student_state():
+    torch.manual_seed(0)  # the learner's S: no checkpoint, seed 0
+    return build_model(CONFIG).state_dict()
+
+
+def test_learner_trains_and_publishes_signed_snapshots(ros, tmp_path):
+    path = tmp_path / 'adaptive.pt'
+    node = make_learner(ros, str(path), checkpoint_every_s=0.0)
+    probe = Probe(ros)
+    for index in range(6):
+        probe.send(index)
+        ros.wait_for(lambda i=index: node.health.counters['pairs.submitted'] > i, timeout=5)
+
+    assert ros.wait_for(lambda: any(m.version >= 1 for m in probe.weights), timeout=60), (
+        'no weight snapshot with version >= 1 arrived'
+    )
+    msg = probe.weights[-1]
+    assert msg.version >= 1 and msg.step >= 2 and msg.arch_id == 'erfnet'
+    state = convert.verify_weights(msg, DEMO_KEY.encode(), 'erfnet', CONFIG.to_dict())
+    s_state = student_state()
+    assert state.keys() == s_state.keys()
+    assert any(not torch.equal(state[k], s_state[k]) for k in state), 'A is still S'
+    # A wrong key must not verify: the signature really covers the snapshot.
+    with pytest.raises(convert.MessageError, match='signature'):
+        convert.verify_weights(msg, b'other-key', 'erfnet', CONFIG.to_dict())
+
+    assert ros.wait_for(
+        lambda: probe.status and probe.status[-1].snapshot_version >= 1, timeout=10
+    ), 'no LearnerStatus after the first snapshot'
+    status = probe.status[-1]
+    assert status.step >= 2 and status.frames_received >= 1
+    assert np.isfinite(status.ts_loss) and status.learning_rate == pytest.approx(1e-3)
+    # checkpoint_every_s = 0: every snapshot is checkpointed while training runs.
+    assert ros.wait_for(lambda: node.health.counters['checkpoints.written'] >= 1, timeout=10)
+    assert path.is_file()
+    assert not list(tmp_path.glob('.*.tmp')), 'a temporary checkpoint file was left behind'
+
+
+def test_unmatched_frame_is_not_trained_and_no_posteriors_is_rejected(ros):
+    node = make_learner(ros)
+    probe = Probe(ros)
+    probe.send(0)
+    assert ros.wait_for(lambda: node.learner.stats.frames_received == 1, timeout=10)
+
+    probe.send(1, teacher=False)  # the teacher never answers this frame
+    assert ros.wait_for(lambda: node.health.counters['image.unmatched'] == 1, timeout=10), (
+        'a frame without a teacher result did not time out'
+    )
+    probe.send(2, posteriors=False)  # the teacher answers without posteriors
+    assert ros.wait_for(lambda: node.health.counters['rejected.no_posteriors'] == 1, timeout=10), (
+        'a teacher result without posteriors was not rejected'
+    )
+    assert ros.wait_for(lambda: node.health.counters['image.unmatched'] == 2, timeout=10)
+    # A frame of another size than model.input_size (resize is off) is rejected outright.
+    header = Header(frame_id='camera')
+    header.stamp.sec = 150
+    probe.image_pub.publish(
+        convert.image_msg(np.zeros((H * 2, W * 2, 3), np.uint8), 'rgb8', header)
+    )
+    assert ros.wait_for(lambda: node.health.counters['rejected.size'] == 1, timeout=10)
+    assert node.learner.stats.frames_received == 1, 'an unmatched frame reached the learner'
+    assert node.health.counters['pairs.submitted'] == 1
+
+
+def test_checkpoint_resume_continues_step_and_version(ros, tmp_path):
+    path = tmp_path / 'adaptive.pt'
+    node = make_learner(ros, str(path))
+    probe = Probe(ros)
+    for index in range(4):
+        probe.send(index)
+        ros.wait_for(lambda i=index: node.health.counters['pairs.submitted'] > i, timeout=5)
+    assert ros.wait_for(lambda: node.learner.stats.snapshot_version >= 1, timeout=60)
+    old_step, old_version = node.learner.stats.step, node.learner.stats.snapshot_version
+
+    ros.executor.remove_node(node)
+    ros.nodes.remove(node)
+    node.close()  # final checkpoint
+    node.destroy_node()
+    assert path.is_file()
+
+    resumed = make_learner(ros, str(path), resize=True)
+    assert resumed.learner.stats.step >= old_step
+    assert resumed.learner.stats.step > 0
+    # The resumed A is latched at once, under a version >= the last one published.
+    later = Probe(ros, 'probe_after_restart')
+    assert ros.wait_for(lambda: later.weights, timeout=20), 'resumed A was not latched'
+    assert later.weights[-1].version >= old_version >= 1
+    assert later.weights[-1].step == resumed.learner.stats.step
+    assert ros.wait_for(lambda: later.status, timeout=10)
+    assert later.status[-1].snapshot_version >= old_version
+    # resize:=true: a frame twice the model size is resized and trained on.
+    later.send(20, scale=2)
+    assert ros.wait_for(lambda: resumed.health.counters['pairs.submitted'] == 1, timeout=10)
+    assert resumed.health.counters['rejected.size'] == 0

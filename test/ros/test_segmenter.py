@@ -1,0 +1,219 @@
+"""SegmenterNode over real DDS: outputs, posteriors, rejections and the adaptive weight swap."""
+
+import numpy as np
+import pytest
+import torch
+
+rclpy = pytest.importorskip('rclpy')
+from builtin_interfaces.msg import Time  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+from tsa_msgs.msg import LabelInfo, ModelWeights, Segmentation  # noqa: E402
+
+from tsa_ros.models import ModelConfig, build_model  # noqa: E402
+from tsa_ros.ros import convert, qos  # noqa: E402
+from tsa_ros.ros.segmenter_node import SegmenterNode  # noqa: E402
+
+SIZE = (32, 64)
+CONFIG = ModelConfig(input_size=SIZE)
+KEY = 'test-key'
+
+
+def make_node(ros, seed=0, **params):
+    overrides = [
+        Parameter('model.input_size', value=list(SIZE)),
+        Parameter('seed', value=seed),
+        Parameter('weights_key', value=KEY),
+    ]
+    overrides += [Parameter(name, value=value) for name, value in params.items()]
+    return ros.add(SegmenterNode(context=ros.context, parameter_overrides=overrides))
+
+
+def offline_model(seed):
+    torch.manual_seed(seed)
+    return build_model(CONFIG).eval()
+
+
+def offline_labels(seed, rgb):
+    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float()
+    return offline_model(seed).predict(x)[0].numpy().astype(np.uint8)
+
+
+def frame(seed, size=SIZE, stamp=(1000, 5)):
+    rgb = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    header = Header(stamp=Time(sec=stamp[0], nanosec=stamp[1]), frame_id='camera')
+    return rgb, convert.image_msg(rgb, 'rgb8', header)
+
+
+class Probe:
+    """Publishes camera frames to the segmenter and records everything it publishes."""
+
+    def __init__(self, ros, node_name='segmenter'):
+        self.ros = ros
+        self.node = ros.node('probe')
+        self.image_pub = self.node.create_publisher(Image, 'image', qos.SENSOR)
+        self.weights_pub = self.node.create_publisher(ModelWeights, 'weights', qos.LATCHED)
+        self.got = {}
+        self.subs = []
+        for topic, msg_type, profile in (
+            ('labels', Image, qos.RESULTS),
+            ('color', Image, qos.RESULTS),
+            ('segmentation', Segmentation, qos.RESULTS),
+            ('label_info', LabelInfo, qos.LATCHED),
+        ):
+            name = topic if topic == 'label_info' else f'{node_name}/{topic}'
+            self.got[topic] = []
+            self.subs.append(
+                self.node.create_subscription(msg_type, name, self.got[topic].append, profile)
+            )
+
+    def connect(self, topics=('labels', 'color', 'segmentation')):
+        index = {'labels': 0, 'color': 1, 'segmentation': 2}
+        assert self.ros.wait_for(
+            lambda: (
+                self.image_pub.get_subscription_count() > 0
+                and all(self.subs[index[t]].get_publisher_count() > 0 for t in topics)
+            )
+        ), 'segmenter and probe did not discover each other'
+
+    def send(self, msg, condition, timeout=30.0):
+        """Publish (again every 2 s: the camera QoS is best effort) until ``condition``."""
+        for _ in range(int(timeout / 2)):
+            self.image_pub.publish(msg)
+            if self.ros.wait_for(condition, timeout=2.0):
+                return True
+        return False
+
+    def answer(self, msg, topics=('labels', 'segmentation')):
+        """Send a frame and return the next message of each topic."""
+        counts = {t: len(self.got[t]) for t in topics}
+        assert self.send(msg, lambda: all(len(self.got[t]) > counts[t] for t in topics))
+        return [self.got[t][-1] for t in topics]
+
+
+def assert_header(msg, stamp=(1000, 5)):
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == stamp
+    assert msg.header.frame_id == 'camera'
+
+
+def test_frame_gives_labels_color_and_segmentation_like_offline_predict(ros):
+    node = make_node(ros, seed=3)
+    probe = Probe(ros)
+    probe.connect()
+    rgb, msg = frame(0)
+
+    labels_msg, color_msg, seg = probe.answer(msg, ('labels', 'color', 'segmentation'))
+
+    for out in (labels_msg, color_msg, seg, seg.labels):
+        assert_header(out)
+    labels = convert.labels_from_image(labels_msg)
+    assert labels_msg.encoding == 'mono8' and labels.shape == SIZE
+    assert labels.max() <= 18
+    np.testing.assert_array_equal(labels, offline_labels(3, rgb))
+    np.testing.assert_array_equal(convert.labels_from_image(seg.labels), labels)
+    color = convert.image_to_rgb(color_msg)
+    assert color_msg.encoding == 'rgb8' and color.shape == (*SIZE, 3)
+    assert (seg.role, seg.arch, seg.model_version) == ('student', 'erfnet', 0)
+    assert seg.inference_time_ms > 0
+    assert len(seg.posteriors) == 0  # off by default
+    assert ros.wait_for(lambda: probe.got['label_info'])
+    assert list(probe.got['label_info'][-1].train_ids) == list(range(19))
+    assert node.health.counters['frames'] >= 1
+
+
+def test_posteriors_have_the_scaled_shape_and_sum_to_one(ros):
+    make_node(ros, seed=1, role='teacher', publish_posteriors=True, posteriors_scale=0.25)
+    probe = Probe(ros)
+    probe.connect(('segmentation',))
+    rgb, msg = frame(1)
+
+    (seg,) = probe.answer(msg, ('segmentation',))
+
+    assert seg.role == 'teacher'
+    assert seg.posteriors_encoding == Segmentation.POSTERIORS_FLOAT16
+    probs = convert.posteriors_from_msg(seg)
+    assert probs.shape == (19, SIZE[0] // 4, SIZE[1] // 4)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-2)
+    # Area resampling of the offline posteriors: 4x4 block means.
+    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float()
+    with torch.no_grad():
+        expected = torch.nn.functional.avg_pool2d(offline_model(1).posteriors(x), 4)[0]
+    np.testing.assert_allclose(probs, expected.numpy(), atol=2e-3)
+
+
+def test_bad_frames_are_rejected_and_the_node_keeps_answering(ros):
+    node = make_node(ros)
+    probe = Probe(ros)
+    probe.connect()
+    counters = node.health.counters
+
+    _, bad_encoding = frame(2)
+    bad_encoding.encoding = '32FC7'
+    assert probe.send(bad_encoding, lambda: counters['rejected.image'] >= 1)
+    _, bad_size = frame(2, size=(30, 64))  # ERFNet needs multiples of 8
+    assert probe.send(bad_size, lambda: counters['rejected.size'] >= 1)
+    assert not probe.got['labels'] and not probe.got['segmentation']
+
+    rgb, good = frame(3)
+    (labels_msg,) = probe.answer(good, ('labels',))
+    np.testing.assert_array_equal(convert.labels_from_image(labels_msg), offline_labels(0, rgb))
+
+
+def test_resize_runs_the_network_at_input_size_and_labels_at_frame_size(ros):
+    make_node(ros, resize=True, publish_posteriors=True, posteriors_scale=0.5)
+    probe = Probe(ros)
+    probe.connect()
+    _, msg = frame(4, size=(36, 60))  # not a multiple of 8: fine when resizing
+
+    labels_msg, seg = probe.answer(msg)
+
+    assert (labels_msg.height, labels_msg.width) == (36, 60)
+    assert convert.labels_from_image(labels_msg).max() <= 18
+    assert convert.posteriors_from_msg(seg).shape == (19, 18, 30)
+
+
+def test_adaptive_swaps_signed_weights_and_rejects_bad_ones(ros):
+    node = make_node(ros, seed=0, role='adaptive')
+    probe = Probe(ros, 'segmenter')
+    probe.connect()
+    assert ros.wait_for(lambda: probe.weights_pub.get_subscription_count() > 0)
+    rgb, msg = frame(5)
+    before, after = offline_labels(0, rgb), offline_labels(1, rgb)
+    assert (before != after).any(), 'the two seeds must segment the frame differently'
+
+    labels_msg, seg = probe.answer(msg)
+    np.testing.assert_array_equal(convert.labels_from_image(labels_msg), before)
+    assert seg.model_version == 0
+
+    state = offline_model(1).state_dict()
+    forged = convert.weights_msg(Header(), 1, 10, 'erfnet', CONFIG.to_dict(), state, b'wrong')
+    probe.weights_pub.publish(forged)
+    assert ros.wait_for(lambda: node.health.counters['rejected.weights'] >= 1)
+    labels_msg, seg = probe.answer(msg)
+    np.testing.assert_array_equal(convert.labels_from_image(labels_msg), before)
+    assert seg.model_version == 0 and node.model_version == 0
+
+    signed = convert.weights_msg(Header(), 2, 20, 'erfnet', CONFIG.to_dict(), state, KEY.encode())
+    probe.weights_pub.publish(signed)
+    assert ros.wait_for(lambda: node.model_version == 2)
+    labels_msg, seg = probe.answer(msg)
+    np.testing.assert_array_equal(convert.labels_from_image(labels_msg), after)
+    assert seg.model_version == 2 and seg.role == 'adaptive'
+
+    # A correctly signed but older snapshot must not roll the weights back.
+    stale = convert.weights_msg(
+        Header(), 1, 5, 'erfnet', CONFIG.to_dict(), offline_model(0).state_dict(), KEY.encode()
+    )
+    probe.weights_pub.publish(stale)
+    assert ros.wait_for(lambda: node.health.counters['rejected.weights_version'] >= 1)
+    assert node.model_version == 2
+
+
+def test_invalid_role_is_refused():
+    from tsa_ros.ros.segmenter_node import SegmenterParams
+
+    with pytest.raises(ValueError, match='role'):
+        SegmenterParams(role='oracle')
+    with pytest.raises(ValueError, match='posteriors_encoding'):
+        SegmenterParams(posteriors_encoding='float64')

@@ -1,0 +1,127 @@
+"""Attacker node: injects least-likely adversarial examples into the camera stream.
+
+For tests and demos of the paper's threat model (section 3.5): the attacker knows one static
+network (T or S), sits between the camera and perception, and replaces every frame by the
+iterative least-likely class attack on that network (eqs. 7-10, :mod:`tsa_ros.attacks`).
+Outputs keep the camera header (stamp and frame_id), so downstream joins by stamp still work.
+
+Topics (relative; the graph remaps them): sub ``image_in`` (sensor_msgs/Image, qos.SENSOR),
+pub ``image_out`` (rgb8, qos.RESULTS).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+
+from tsa_ros.attacks import AttackConfig, least_likely_attack
+from tsa_ros.ros import convert, qos
+from tsa_ros.ros.common import arch_id, declare_network, run
+from tsa_ros.ros.health import Health
+from tsa_ros.ros.params import declare_dataclass
+
+TARGETS = ('teacher', 'student')
+
+
+@dataclass
+class AttackerParams:
+    """Which network is attacked and whether the attack is on.
+
+    Attributes:
+        target: 'teacher' or 'student': which static network the attacker knows
+            (informational: the network itself comes from checkpoint / model.*).
+        enabled: False passes frames through unchanged; may be switched at run time.
+    """
+
+    target: str = 'student'
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f'target must be one of {TARGETS}, got {self.target!r}')
+
+
+class AttackerNode(Node):
+    """Replace camera frames by adversarial examples; see the module docstring."""
+
+    def __init__(self, node_name: str = 'attacker', **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        # Not read-only: switching the attack on and off is the point of a demo.
+        self.params = declare_dataclass(self, AttackerParams(), read_only=False)
+        self.attack = declare_dataclass(self, AttackConfig(), 'attack')
+        self._model, self._config, self._device = declare_network(self)
+        self._check_size = self._model.net.check_input_size
+        self.add_on_set_parameters_callback(self._validate_params)
+        self.add_post_set_parameters_callback(self._apply_params)
+
+        self.health = Health(self)
+        self.health.set('target', self.params.target)
+        self.health.set('arch', arch_id(self._config))
+        self.health.set('enabled', self.params.enabled)
+        self.health.set('epsilon', self.attack.epsilon)
+        self.health.set('iterations', self.attack.num_iterations)
+
+        self._pub = self.create_publisher(Image, 'image_out', qos.RESULTS)
+        self.create_subscription(Image, 'image_in', self.on_image, qos.SENSOR)
+        self.get_logger().info(
+            f'attacking the {self.params.target} ({arch_id(self._config)}): '
+            f'epsilon {self.attack.epsilon}, step {self.attack.step_size}, '
+            f'{self.attack.num_iterations} iterations'
+            + ('' if self.params.enabled else ' (disabled: passing frames through)')
+        )
+
+    def _validate_params(self, params: list[Parameter]) -> SetParametersResult:
+        for param in params:
+            if param.name == 'target' and param.value not in TARGETS:
+                return SetParametersResult(
+                    successful=False, reason=f'target must be one of {TARGETS}'
+                )
+        return SetParametersResult(successful=True)
+
+    def _apply_params(self, params: list[Parameter]) -> None:
+        for param in params:
+            if param.name in ('target', 'enabled'):
+                setattr(self.params, param.name, param.value)
+                self.health.set(param.name, param.value)
+                self.get_logger().info(f'{param.name} set to {param.value}')
+
+    def on_image(self, msg: Image) -> None:
+        if not self.params.enabled:
+            self._pub.publish(msg)
+            self.health.count('passed_through')
+            return
+        try:
+            rgb = convert.image_to_rgb(msg)
+        except convert.MessageError as exc:
+            self.health.reject('image', str(exc))
+            return
+        try:
+            self._check_size(*rgb.shape[:2])
+        except ValueError as exc:
+            self.health.reject('size', str(exc))
+            return
+        start = time.perf_counter()
+        # np.array copies: the message buffer may be a read-only or padded view.
+        x = torch.from_numpy(np.array(rgb)).to(self._device).permute(2, 0, 1)[None].float()
+        adv = least_likely_attack(self._model, x, self.attack)  # (1, 3, H, W)
+        # Integer epsilon and step keep the gray values integers; rounding makes any
+        # configuration a valid 8-bit image (the clip to [0, 255] is already inside).
+        out = adv[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        self.health.timing('attack', 1e3 * (time.perf_counter() - start))
+        self.health.count('frames')
+        self._pub.publish(convert.image_msg(out, 'rgb8', msg.header))
+
+
+def main(args=None) -> None:
+    run(lambda: AttackerNode(), args)
+
+
+if __name__ == '__main__':
+    main()

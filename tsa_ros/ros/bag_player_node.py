@@ -1,0 +1,242 @@
+"""Replays a rosbag2 written by ``tsa data bag`` on machines without ``ros2 bag``.
+
+Every message goes out on its recorded (absolute) topic, e.g. /camera/image_raw,
+/camera/camera_info and /camera/ground_truth, with qos.RESULTS and its original bytes, so
+header stamps are exactly the recorded ones and consumers join by stamp as with ``ros2 bag
+play``. The messages are timed by their bag times divided by ``rate`` and sent from a
+dedicated thread, so the executor is never blocked.
+
+The player publishes the serialised CDR bytes as read from the bag (rclpy's ``publish``
+accepts ``bytes``): no deserialisation, no copy of the pixels into Python objects.
+
+``~/done`` (std_msgs/Bool, latched) is False while playing and True once the bag has ended
+(never, when looping); ``exit_when_done`` then shuts the node's context down, which ends
+``main()`` normally (useful for scripted replays). Diagnostics count the messages published
+per topic and the loops completed.
+
+A missing or unreadable bag is an error at construction: the exception names the path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.duration import Duration
+from rclpy.node import Node
+from rclpy.publisher import Publisher
+from std_msgs.msg import Bool
+
+from tsa_ros.config import ConfigError
+from tsa_ros.data.bag import TOPIC_IMAGE, BagError, BagReader
+from tsa_ros.ros import qos
+from tsa_ros.ros.common import run
+from tsa_ros.ros.health import Health
+from tsa_ros.ros.params import declare_dataclass
+
+#: Longest wait for subscribers' acknowledgements (rate 0 and before exit_when_done).
+_ACK_TIMEOUT = Duration(seconds=1)
+#: Pause between seeing the wanted subscribers and the first message (see _wait_for_subscribers).
+_SETTLE_S = 0.5
+
+
+@dataclass
+class BagPlayerParams:
+    """Parameters of the bag player node.
+
+    Attributes:
+        bag: Path of the rosbag2 directory to replay (required).
+        rate: Playback speed relative to the recording (1.0 = as recorded, 2.0 = twice as
+            fast); 0 = as fast as the subscribers take the messages (each message waits
+            until reliable subscribers acknowledged the previous one, 1 s at most).
+        loop: Start over at the end of the bag.
+        start_offset_s: Skip this many seconds from the start of the bag.
+        topics: Topics to replay; unset or empty = every topic in the bag.
+        wait_for_subscribers: Before playing, wait until this many subscribers match the
+            image topic (/camera/image_raw, else the first replayed topic), then 0.5 s for
+            discovery to settle; 0 = start at once.
+        wait_timeout_s: Stop waiting for subscribers after this many seconds and play
+            anyway; 0 = wait as long as it takes.
+        exit_when_done: Shut the node down when the bag has ended (ignored when looping).
+    """
+
+    bag: str = ''
+    rate: float = 1.0
+    loop: bool = False
+    start_offset_s: float = 0.0
+    topics: tuple[str, ...] | None = None
+    wait_for_subscribers: int = 0
+    wait_timeout_s: float = 10.0
+    exit_when_done: bool = False
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.rate) and self.rate >= 0):
+            raise ValueError(f'rate must be >= 0 (0 = as fast as possible), got {self.rate}')
+        if not (math.isfinite(self.start_offset_s) and self.start_offset_s >= 0):
+            raise ValueError(f'start_offset_s must be >= 0, got {self.start_offset_s}')
+        if self.wait_for_subscribers < 0:
+            raise ValueError(f'wait_for_subscribers must be >= 0, got {self.wait_for_subscribers}')
+        if not (math.isfinite(self.wait_timeout_s) and self.wait_timeout_s >= 0):
+            raise ValueError(f'wait_timeout_s must be >= 0, got {self.wait_timeout_s}')
+
+
+def message_class(msgtype: str) -> type:
+    """The rclpy message class of a rosbag2 type name such as 'sensor_msgs/msg/Image'."""
+    package, kind, name = msgtype.split('/')
+    try:
+        return getattr(importlib.import_module(f'{package}.{kind}'), name)
+    except (ImportError, AttributeError) as exc:
+        raise BagError(f'message type {msgtype} is not installed in this environment') from exc
+
+
+class BagPlayerNode(Node):
+    """Publishes a bag's messages at their recorded times, from a playback thread."""
+
+    def __init__(self, node_name: str = 'bag_player', **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        try:
+            self.params = declare_dataclass(self, BagPlayerParams())
+            if not self.params.bag:
+                raise ConfigError('parameter bag: required, the path of a rosbag2 directory')
+            self.reader = BagReader(self.params.bag)  # names the path when it is missing
+        except BaseException:
+            self.destroy_node()  # no half-built node left in the context
+            raise
+        try:
+            self._setup()
+        except BaseException:
+            self.reader.close()
+            self.destroy_node()
+            raise
+
+    def _setup(self) -> None:
+        bag_topics = self.reader.topics
+        self.topics = list(self.params.topics or bag_topics)
+        if unknown := sorted(set(self.topics) - set(bag_topics)):
+            raise BagError(
+                f'{self.params.bag}: no topic(s) {unknown}; the bag has {sorted(bag_topics)}'
+            )
+        # Absolute names from the bag; a node namespace does not move them.
+        self.pubs: dict[str, Publisher] = {
+            topic: self.create_publisher(message_class(bag_topics[topic][0]), topic, qos.RESULTS)
+            for topic in self.topics
+        }
+        self._wait_topic = TOPIC_IMAGE if TOPIC_IMAGE in self.pubs else self.topics[0]
+        self.done_pub = self.create_publisher(Bool, '~/done', qos.LATCHED)
+        self.done_pub.publish(Bool(data=False))
+        self.health = Health(self)
+        self.published = 0
+        self.loops = 0
+        self.done = threading.Event()
+        self._stop = threading.Event()
+        summary = self.reader.summary()
+        self.get_logger().info(
+            f'playing {self.params.bag}: {summary.frames} frames, {summary.duration_s:.1f} s, '
+            f'topics {self.topics}, rate {self.params.rate or "max"}'
+            + (', looping' if self.params.loop else '')
+        )
+        self._thread = threading.Thread(target=self._play, name='bag_player', daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ playback thread
+    def _play(self) -> None:
+        try:
+            if not self._wait_for_subscribers():
+                return
+            start_ns = self.reader.start_ns + round(self.params.start_offset_s * 1e9)
+            while not self._stop.is_set():
+                sent = self._play_once(start_ns)
+                if self._stop.is_set():
+                    return
+                self.loops += 1
+                self.health.count('loops')
+                if not self.params.loop:
+                    break
+                if not sent:  # an offset past the end: looping would spin
+                    self.get_logger().warning('nothing to replay after start_offset_s')
+                    break
+            self._finish()
+        except Exception as exc:  # the context went away under us, or a broken bag
+            if not self._stop.is_set() and self.context.ok():
+                self.get_logger().error(f'playback failed: {exc}')
+                self.health.status(DiagnosticStatus.ERROR, f'playback failed: {exc}')
+
+    def _wait_for_subscribers(self) -> bool:
+        """Wait for `wait_for_subscribers` readers of the image topic; False when stopped."""
+        want = self.params.wait_for_subscribers
+        if want <= 0:
+            return True
+        pub = self.pubs[self._wait_topic]
+        timeout = self.params.wait_timeout_s
+        deadline = time.monotonic() + timeout if timeout > 0 else math.inf
+        self.health.status(DiagnosticStatus.OK, f'waiting for {want} subscriber(s)')
+        while pub.get_subscription_count() < want:
+            if time.monotonic() >= deadline:
+                self.get_logger().warning(
+                    f'{pub.get_subscription_count()} of {want} subscriber(s) on '
+                    f'{self._wait_topic} after {timeout} s: playing anyway'
+                )
+                return True
+            if self._stop.wait(0.05):
+                return False
+        # We see the reader, but it may not see us yet, and a best-effort reader drops
+        # samples of writers it has not discovered: give discovery a moment to finish.
+        return not self._stop.wait(_SETTLE_S)
+
+    def _play_once(self, start_ns: int) -> int:
+        """One pass over the bag from start_ns; returns the messages published."""
+        self.health.status(DiagnosticStatus.OK, 'playing')
+        rate = self.params.rate
+        sent = 0
+        first_ns = t0 = None
+        for topic, bag_ns, _, raw in self.reader.raw_messages(self.topics, start_ns=start_ns):
+            if first_ns is None:
+                first_ns, t0 = bag_ns, time.monotonic()
+            if rate > 0:
+                # Scheduled from the pass's start, so a late message does not delay the rest.
+                delay = t0 + (bag_ns - first_ns) / (1e9 * rate) - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    return sent
+            elif self._stop.is_set():
+                return sent
+            pub = self.pubs[topic]
+            pub.publish(raw if isinstance(raw, bytes) else bytes(raw))
+            if rate == 0:
+                pub.wait_for_all_acked(_ACK_TIMEOUT)  # flow control instead of a clock
+            sent += 1
+            self.published += 1
+            self.health.count(f'published.{topic}')
+        return sent
+
+    def _finish(self) -> None:
+        self.done_pub.publish(Bool(data=True))
+        self.done.set()
+        self.health.status(DiagnosticStatus.OK, f'done: {self.published} messages')
+        self.get_logger().info(
+            f'bag ended: {self.published} messages published, {self.loops} pass(es)'
+        )
+        if self.params.exit_when_done:
+            # Let reliable subscribers receive the last messages before the context goes.
+            for pub in (*self.pubs.values(), self.done_pub):
+                pub.wait_for_all_acked(_ACK_TIMEOUT)
+            self.context.try_shutdown()
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Stop playback, join the thread and close the bag."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+        self.reader.close()
+
+
+def main(args=None) -> None:
+    run(lambda: BagPlayerNode(), args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,262 @@
+"""Fusion node: joins the triplet's results of one camera frame and fuses them.
+
+The teacher's, student's and adaptive student's ``tsa_msgs/Segmentation`` of a frame share
+its header stamp; they are joined with :class:`tsa_ros.sync.StampJoiner` and fused by
+:func:`tsa_ros.fusion.fuse` (majority vote, or posterior fusion as an option), which also
+names the network that disagrees most with the fused mask (a hint of an attack; beyond the
+paper, whose sec. 3.4 leaves the fusion open). When a network stops publishing, a frame is
+fused from the results that arrived within ``timeout_s``, the missing roles are listed in the
+output and ``/diagnostics`` turns WARN naming them.
+
+Posterior mode needs posteriors in every message of a frame. A frame where one lacks them is
+fused by majority vote instead (``fusion_mode`` of the output says so, and the counter
+``fallback.no_posteriors`` counts it): a fused mask for every frame is worth more downstream
+(the evaluator, a planner) than strictness about the mode.
+
+Topics (relative; the graph runs in ``/tsa``):
+
+* sub ``<role>/segmentation`` for each role in ``roles`` (tsa_msgs/Segmentation,
+  qos.RESULTS).
+* pub ``fused/labels`` (mono8 trainIds), ``fused/color`` (rgb8), ``fused/segmentation``
+  (tsa_msgs/FusedSegmentation), all qos.RESULTS; header = the camera frame's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from tsa_msgs.msg import FusedSegmentation, Segmentation
+
+from tsa_ros.data.labels import colorize
+from tsa_ros.fusion import FusionConfig, fuse
+from tsa_ros.ros import convert, qos
+from tsa_ros.ros.common import run
+from tsa_ros.ros.health import Health
+from tsa_ros.ros.params import declare_dataclass
+from tsa_ros.sync import JoinedGroup, StampJoiner
+
+#: Longest period of the timer that gives up incomplete frames (~10 Hz).
+EXPIRE_PERIOD_S = 0.1
+
+
+@dataclass
+class FusionNodeParams:
+    """How the fusion node joins the networks' results.
+
+    Attributes:
+        roles: Networks to join, in priority order (the first breaks majority-vote ties
+            under tie 'teacher'); each is read from `<role>/segmentation`.
+        max_pending: Frames waiting for their results at once; the oldest is fused from what
+            it has when a new frame would exceed it.
+        timeout_s: Seconds a frame waits for all roles before it is fused from the results
+            that did arrive (the missing roles are reported).
+    """
+
+    roles: list[str] = field(default_factory=lambda: ['teacher', 'student', 'adaptive'])
+    max_pending: int = 16
+    timeout_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.roles or len(set(self.roles)) != len(self.roles) or not all(self.roles):
+            raise ValueError(f'roles must be distinct non-empty names, got {self.roles}')
+        if self.max_pending < 1:
+            raise ValueError(f'max_pending must be >= 1, got {self.max_pending}')
+        if not self.timeout_s > 0:
+            raise ValueError(f'timeout_s must be > 0, got {self.timeout_s}')
+
+
+def stamp_key(msg: Segmentation) -> int:
+    """A header stamp as integer nanoseconds (the join key)."""
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+def resize_posteriors(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Posteriors (C, h, w) bilinearly resized to ``size`` (H, W) (teachers send them small)."""
+    if probs.shape[-2:] == size:
+        return probs
+    tensor = torch.from_numpy(np.ascontiguousarray(probs))[None]  # (1, C, h, w)
+    return F.interpolate(tensor, size=size, mode='bilinear', align_corners=False)[0].numpy()
+
+
+class FusionNode(Node):
+    """Fuse the triplet's segmentations of each frame; see the module docstring."""
+
+    def __init__(self, node_name: str = 'fusion', **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self.config: FusionConfig = declare_dataclass(self, FusionConfig(), 'fusion')
+        self.params = declare_dataclass(self, FusionNodeParams())
+        self.roles = tuple(self.params.roles)
+        if self.config.weights is not None and len(self.config.weights) != len(self.roles):
+            raise ValueError(
+                f'fusion.weights has {len(self.config.weights)} entries, roles has '
+                f'{len(self.roles)}: {list(self.roles)}'
+            )
+        # Posteriors are decoded only when the fusion uses them.
+        self._needs_posteriors = self.config.mode == 'posterior' or self.config.tie == 'posterior'
+        self.health = Health(self)
+        self.health.set('mode', self.config.mode)
+        self.health.set('tie', self.config.tie)
+
+        self._labels_pub = self.create_publisher(Image, 'fused/labels', qos.RESULTS)
+        self._color_pub = self.create_publisher(Image, 'fused/color', qos.RESULTS)
+        self._fused_pub = self.create_publisher(
+            FusedSegmentation, 'fused/segmentation', qos.RESULTS
+        )
+
+        self._lock = threading.Lock()  # the joiner is shared by subscriptions and timer
+        self._joiner = StampJoiner(
+            self.roles, max_pending=self.params.max_pending, timeout=self.params.timeout_s
+        )
+        for role in self.roles:
+            self.create_subscription(
+                Segmentation,
+                f'{role}/segmentation',
+                lambda msg, role=role: self.on_segmentation(msg, role),
+                qos.RESULTS,
+            )
+        self.create_timer(min(EXPIRE_PERIOD_S, self.params.timeout_s / 2), self.on_expire_timer)
+        self.get_logger().info(
+            f'fusion ready: {self.config.mode} (tie {self.config.tie}) over {list(self.roles)}, '
+            f'timeout {self.params.timeout_s} s'
+        )
+
+    # ------------------------------------------------------------------------ inputs
+    def on_segmentation(self, msg: Segmentation, role: str) -> None:
+        if msg.role and msg.role != role:
+            # Fusing a miswired stream would count one network twice.
+            self.health.reject(
+                'role', f'message of role {msg.role!r} on the {role!r} topic (check remaps)'
+            )
+            return
+        try:
+            labels = convert.labels_from_image(msg.labels)
+        except convert.MessageError as exc:
+            self.health.reject('labels', f'{role}: {exc}')
+            return
+        probs = None
+        if self._needs_posteriors:
+            try:
+                probs = convert.posteriors_from_msg(msg)
+            except convert.MessageError as exc:
+                self.health.reject('posteriors', f'{role}: {exc}')
+                return
+            if probs is not None and probs.shape[0] != self.config.num_classes:
+                self.health.reject(
+                    'posteriors',
+                    f'{role}: {probs.shape[0]} classes, fusion.num_classes is '
+                    f'{self.config.num_classes}',
+                )
+                return
+        with self._lock:
+            late = self._joiner.late
+            groups = self._joiner.add(role, stamp_key(msg), (msg, labels, probs), time.monotonic())
+            if self._joiner.late > late:
+                self.health.count(f'late.{role}')
+        self._publish(groups)
+
+    def on_expire_timer(self) -> None:
+        with self._lock:
+            groups = self._joiner.expire(time.monotonic())
+        self._publish(groups)
+
+    # ------------------------------------------------------------------------ fusion
+    def _publish(self, groups: list[JoinedGroup]) -> None:
+        for group in groups:
+            start = time.perf_counter()
+            fused = self._fuse(group)
+            if fused is None:
+                continue
+            msg, labels = fused
+            self._labels_pub.publish(msg.labels)
+            self._fused_pub.publish(msg)
+            if self._color_pub.get_subscription_count():  # for people (rviz): skip if unseen
+                self._color_pub.publish(convert.image_msg(colorize(labels), 'rgb8', msg.header))
+            self.health.timing('fusion', 1e3 * (time.perf_counter() - start))
+            self.health.count('fused')
+            self._report_missing(group.missing)
+
+    def _fuse(self, group: JoinedGroup) -> tuple[FusedSegmentation, np.ndarray] | None:
+        """The FusedSegmentation of one joined frame and its fused labels, or None."""
+        roles = [r for r in self.roles if r in group.items]  # priority order, teacher first
+        msgs = [group.items[r][0] for r in roles]
+        labels = [group.items[r][1] for r in roles]
+        shapes = {lab.shape for lab in labels}
+        if len(shapes) != 1:
+            sizes = ', '.join(
+                f'{r} {lab.shape[1]}x{lab.shape[0]}' for r, lab in zip(roles, labels, strict=True)
+            )
+            self.health.reject('size', f'label maps of one frame differ in size: {sizes}')
+            return None
+        size = labels[0].shape
+
+        cfg = self.config
+        posteriors = None
+        if self._needs_posteriors:
+            probs = [group.items[r][2] for r in roles]
+            if any(p is None for p in probs):
+                # Documented fallback: majority vote (tie 'teacher' when it needed posteriors).
+                lacking = [r for r, p in zip(roles, probs, strict=True) if p is None]
+                self.health.count('fallback.no_posteriors')
+                self.get_logger().warning(
+                    f'{lacking} sent no posteriors: majority vote for this frame',
+                    throttle_duration_sec=5.0,
+                )
+                tie = 'teacher' if cfg.tie == 'posterior' else cfg.tie
+                cfg = dataclasses.replace(cfg, mode='majority', tie=tie, weights=None)
+            else:
+                posteriors = [resize_posteriors(p, size) for p in probs]
+        if cfg.mode == 'posterior' and cfg.weights is not None:
+            # Weights of the roles present, in the same order (a silent role drops out).
+            cfg = dataclasses.replace(
+                cfg, weights=tuple(cfg.weights[self.roles.index(r)] for r in roles)
+            )
+        try:
+            result = fuse(labels, posteriors, cfg)
+        except ValueError as exc:  # e.g. label values outside [0, num_classes) and ignore
+            self.health.reject('fusion', str(exc))
+            return None
+
+        header = msgs[0].header  # every result carries the camera frame's header
+        suspected = '' if result.suspect is None else roles[result.suspect]
+        if suspected:
+            self.health.count(f'suspected.{suspected}')
+        msg = FusedSegmentation(
+            header=header,
+            fusion_mode=cfg.mode,
+            tie_rule=cfg.tie,
+            labels=convert.image_msg(result.labels, 'mono8', header),
+            roles=roles,
+            model_versions=[int(m.model_version) for m in msgs],
+            disagreement=[float(d) for d in result.disagreement],
+            missing_roles=[str(r) for r in group.missing],
+            suspected_role=suspected,
+        )
+        return msg, result.labels
+
+    def _report_missing(self, missing: tuple) -> None:
+        if missing:
+            for role in missing:
+                self.health.count(f'missing.{role}')
+            self.health.status(
+                DiagnosticStatus.WARN,
+                f'no result from {", ".join(missing)} within {self.params.timeout_s} s',
+            )
+        else:
+            self.health.status(DiagnosticStatus.OK, 'ok')
+
+
+def main(args=None) -> None:
+    run(lambda: FusionNode(), args)
+
+
+if __name__ == '__main__':
+    main()

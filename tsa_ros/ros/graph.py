@@ -1,0 +1,255 @@
+"""The one description of the T-S-A graphs, used by the launch files and by ``tsa up``.
+
+``describe(graph, args)`` returns the nodes of a graph as plain data (executable, name,
+namespace, parameter overrides, remappings). ``launch/*.launch.py`` turn it into
+``launch_ros`` Node actions (:mod:`tsa_ros.ros.launch_description`); ``tsa up`` starts the same
+nodes as processes (:mod:`tsa_ros.ros.up`). Both read the same params file. Nothing here needs
+rclpy or launch, so the description is testable everywhere.
+
+Graphs:
+
+* ``tsa``: segmenters for T, S and A on the camera topic, the learner and the fusion node.
+* ``replay``: ``tsa`` fed by the bag player, plus the evaluator (ground truth from the bag).
+* ``attack_injection``: ``replay`` with the attacker between the bag and perception: the bag
+  plays to ``/camera/image_clean`` and the attacker publishes least-likely adversarial frames
+  against T or S on the topic the segmenters consume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+GRAPHS = ('tsa', 'replay', 'attack_injection')
+ROLES = ('teacher', 'student', 'adaptive')
+
+
+def default_config() -> str:
+    """config/tsa.yaml of the installed package (share/), else of this source tree."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        shared = Path(get_package_share_directory('tsa_ros')) / 'config' / 'tsa.yaml'
+        if shared.is_file():
+            return str(shared)
+    except Exception:  # not installed as an ament package: use the source tree
+        pass
+    return str(Path(__file__).resolve().parents[2] / 'config' / 'tsa.yaml')
+
+
+@dataclass(frozen=True)
+class LaunchArgument:
+    """A launch argument: name, default (a string, as launch passes them), help, choices."""
+
+    name: str
+    default: str
+    description: str
+    choices: tuple[str, ...] | None = None
+
+
+@dataclass
+class GraphArgs:
+    """The arguments of every graph, with the same names in launch files and ``tsa up``.
+
+    Attributes:
+        config: Params file (ros__parameters form) for all nodes; '' = the package's tsa.yaml.
+        device: Device of every network: cpu, cuda, cuda:N or auto.
+        namespace: Namespace of the graph's nodes and topics.
+        image_topic: Camera topic the segmenters and the learner consume.
+        teacher_checkpoint: tsa checkpoint of T ('' = random weights, demo only).
+        student_checkpoint: tsa checkpoint of S, the start of A ('' = random weights).
+        bag: rosbag2 to replay (replay and attack_injection graphs).
+        rate: Replay rate factor (1.0 = recorded 17 Hz).
+        loop: Replay the bag in a loop.
+        exit_when_done: Stop the graph when the bag has been played once.
+        attack_target: Static network the attacker differentiates: teacher or student.
+        epsilon: L-inf bound of the attack in gray values (paper: 1 or 10).
+        report: Where the evaluator writes its report ('' = no file).
+        clean_report: Report of a clean run, for mIoU ratios in the attacked run's report.
+    """
+
+    config: str = ''
+    device: str = 'cpu'
+    namespace: str = 'tsa'
+    image_topic: str = '/camera/image_raw'
+    teacher_checkpoint: str = ''
+    student_checkpoint: str = ''
+    bag: str = ''
+    rate: float = 1.0
+    loop: bool = False
+    exit_when_done: bool = False
+    attack_target: str = 'student'
+    epsilon: float = 1.0
+    report: str = ''
+    clean_report: str = ''
+
+    def __post_init__(self) -> None:
+        if self.attack_target not in ('teacher', 'student'):
+            raise ValueError(
+                f'attack_target must be teacher or student, not {self.attack_target!r}'
+            )
+        if not self.rate > 0:
+            raise ValueError(f'rate must be > 0, got {self.rate}')
+        if self.epsilon < 0:
+            raise ValueError(f'epsilon must be >= 0, got {self.epsilon}')
+        self.namespace = self.namespace.strip('/')
+
+    @classmethod
+    def from_strings(cls, values: dict[str, str]) -> GraphArgs:
+        """Build from launch-style strings ('true', '1.0' ...)."""
+        kwargs: dict[str, Any] = {}
+        for field in fields(cls):
+            if field.name not in values:
+                continue
+            raw = values[field.name]
+            if field.type in ('bool', bool):
+                kwargs[field.name] = str(raw).lower() in ('1', 'true', 'yes', 'on')
+            elif field.type in ('float', float):
+                kwargs[field.name] = float(raw)
+            else:
+                kwargs[field.name] = str(raw)
+        return cls(**kwargs)
+
+    @property
+    def params_file(self) -> str:
+        return self.config or default_config()
+
+
+def launch_arguments(graph: str) -> list[LaunchArgument]:
+    """The launch arguments a graph uses, with defaults and descriptions from GraphArgs."""
+    from tsa_ros.ros.params import attribute_docs
+
+    docs = attribute_docs(GraphArgs)
+    defaults = GraphArgs()
+    names = [
+        'config',
+        'device',
+        'namespace',
+        'image_topic',
+        'teacher_checkpoint',
+        'student_checkpoint',
+    ]
+    if graph in ('replay', 'attack_injection'):
+        names += ['bag', 'rate', 'loop', 'exit_when_done', 'report', 'clean_report']
+    if graph == 'attack_injection':
+        names += ['attack_target', 'epsilon']
+    choices = {
+        'device': None,
+        'attack_target': ('teacher', 'student'),
+        'loop': ('true', 'false'),
+        'exit_when_done': ('true', 'false'),
+    }
+    out = []
+    for name in names:
+        value = getattr(defaults, name)
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        out.append(LaunchArgument(name, text, docs[name], choices.get(name)))
+    return out
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of a graph: what launch_ros.actions.Node and ``tsa up`` both need."""
+
+    executable: str
+    name: str
+    namespace: str
+    parameters: dict[str, Any]
+    remappings: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def module(self) -> str:
+        """Python module whose main() runs the node (console script = executable)."""
+        return f'tsa_ros.ros.{self.executable}_node'
+
+
+def role_network(params_file: str, role: str) -> dict[str, Any]:
+    """``seed`` and ``model.*`` of a role's section in the params file (flattened)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(params_file).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f'cannot read params file {params_file}: {exc}') from exc
+    section = {}
+    for key, value in data.items():
+        if str(key).rstrip('/').split('/')[-1] == role:
+            section = (value or {}).get('ros__parameters', {})
+    out = {f'model.{k}': v for k, v in (section.get('model') or {}).items()}
+    if 'seed' in section:
+        out['seed'] = section['seed']
+    return out
+
+
+def describe(graph: str, args: GraphArgs | None = None) -> list[NodeSpec]:
+    """The nodes of ``graph``; parameters here override the params file."""
+    if graph not in GRAPHS:
+        raise ValueError(f'unknown graph {graph!r}; choose from {GRAPHS}')
+    args = args or GraphArgs()
+    ns = '/' + args.namespace if args.namespace else ''
+    image = (('image', args.image_topic),)
+    checkpoints = {
+        'teacher': args.teacher_checkpoint,
+        'student': args.student_checkpoint,
+        'adaptive': args.student_checkpoint,
+    }
+    nodes = []
+    for role in ROLES:
+        params = {'role': role, 'device': args.device, 'checkpoint': checkpoints[role]}
+        remap = image
+        if role == 'teacher':
+            params['publish_posteriors'] = True
+        if role == 'adaptive':
+            remap = image + (('weights', f'{ns}/learner/weights'),)
+        nodes.append(NodeSpec('segmenter', role, ns, params, remap))
+    learner = {
+        'device': args.device,
+        'learner.device': args.device,
+        'checkpoint': args.student_checkpoint,
+    }
+    nodes.append(NodeSpec('learner', 'learner', ns, learner, image))
+    nodes.append(NodeSpec('fusion', 'fusion', ns, {}))
+
+    if graph in ('replay', 'attack_injection'):
+        if not args.bag:
+            raise ValueError(f'the {graph} graph needs a bag (launch argument bag:=PATH)')
+        player = {
+            'bag': args.bag,
+            'rate': args.rate,
+            'loop': args.loop,
+            'exit_when_done': args.exit_when_done,
+        }
+        remap = ()
+        if graph == 'attack_injection':
+            remap = (('/camera/image_raw', '/camera/image_clean'),)
+        nodes.append(NodeSpec('bag_player', 'bag_player', ns, player, remap))
+        evaluator = {'report_path': args.report, 'clean_report': args.clean_report}
+        nodes.append(
+            NodeSpec(
+                'evaluator',
+                'evaluator',
+                ns,
+                evaluator,
+                (('ground_truth', '/camera/ground_truth'),),
+            )
+        )
+    if graph == 'attack_injection':
+        target = args.attack_target
+        attacker = {
+            'target': target,
+            'device': args.device,
+            'checkpoint': checkpoints[target],
+            'attack.epsilon': args.epsilon,
+            **role_network(args.params_file, target),
+        }
+        nodes.append(
+            NodeSpec(
+                'attacker',
+                'attacker',
+                ns,
+                attacker,
+                (('image_in', '/camera/image_clean'), ('image_out', args.image_topic)),
+            )
+        )
+    return nodes

@@ -1,0 +1,55 @@
+"""launch_ros glue: a LaunchDescription for a graph of :mod:`tsa_ros.ros.graph`.
+
+The launch files are one line each (``generate_launch_description = ...('tsa')``), so the
+nodes, parameters and remappings come from the same :func:`tsa_ros.ros.graph.describe` that
+``tsa up`` uses. launch and launch_ros are imported here only, when a launch file runs.
+"""
+
+from __future__ import annotations
+
+from tsa_ros.ros.graph import GraphArgs, describe, launch_arguments
+
+
+def node_actions(graph: str, values: dict[str, str]) -> list:
+    """launch_ros Node actions for ``graph`` with launch-argument strings ``values``."""
+    from launch_ros.actions import Node
+
+    args = GraphArgs.from_strings(values)
+    return [
+        Node(
+            package='tsa_ros',
+            executable=spec.executable,
+            name=spec.name,
+            namespace=spec.namespace,
+            parameters=[args.params_file, spec.parameters],
+            remappings=list(spec.remappings),
+            output='screen',
+            emulate_tty=True,
+        )
+        for spec in describe(graph, args)
+    ]
+
+
+def generate(graph: str):
+    """The LaunchDescription of ``graph``: its arguments, then its nodes."""
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.substitutions import LaunchConfiguration
+
+    from launch import LaunchDescription
+
+    arguments = launch_arguments(graph)
+
+    def build(context):
+        values = {a.name: LaunchConfiguration(a.name).perform(context) for a in arguments}
+        return node_actions(graph, values)
+
+    declared = [
+        DeclareLaunchArgument(
+            a.name,
+            default_value=a.default,
+            description=a.description,
+            **({'choices': list(a.choices)} if a.choices else {}),
+        )
+        for a in arguments
+    ]
+    return LaunchDescription([*declared, OpaqueFunction(function=build)])

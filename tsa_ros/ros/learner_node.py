@@ -1,0 +1,344 @@
+"""Learner node: adapts the adaptive student A online and publishes signed weight snapshots.
+
+A thin adapter over the core's :class:`tsa_ros.learning.online.OnlineLearner` (Bär et al.
+2019, sec. 3.3, eqs. 3-6): camera frames are joined with the teacher's posteriors by header
+stamp (:class:`tsa_ros.sync.StampJoiner`) and submitted to the learner's bounded queue; its
+background thread does all the training, so no ROS callback ever waits for a step. Every
+snapshot the learner takes (version >= 1; version 0 is S, which the adaptive segmenter starts
+from) is published as a signed ``tsa_msgs/ModelWeights`` on a latched topic, so a segmenter
+that starts later still gets the newest weights. A is checkpointed atomically and resumed
+from after a restart, snapshot versions continuing where they stopped.
+
+Topics (relative; the graph runs in ``/tsa``):
+
+* sub ``image`` (sensor_msgs/Image, qos.SENSOR), ``teacher/segmentation``
+  (tsa_msgs/Segmentation with posteriors, qos.RESULTS).
+* pub ``~/weights`` (tsa_msgs/ModelWeights, qos.LATCHED), ``~/status``
+  (tsa_msgs/LearnerStatus, qos.RESULTS).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+from tsa_msgs.msg import LearnerStatus, ModelWeights, Segmentation
+
+from tsa_ros.learning.online import LearnerConfig, OnlineLearner, WeightSnapshot
+from tsa_ros.models import build_model, load_checkpoint, save_checkpoint
+from tsa_ros.ros import convert, qos
+from tsa_ros.ros.common import arch_id, declare_network, run, weights_key
+from tsa_ros.ros.health import Health
+from tsa_ros.ros.params import declare_dataclass
+from tsa_ros.sync import JoinedGroup, StampJoiner
+
+IMAGE, TEACHER = 'image', 'teacher'
+#: Seconds close() waits for the training thread to finish its current step (a CPU step at
+#: full resolution can take seconds).
+STOP_TIMEOUT_S = 30.0
+#: Period of the timer that gives up frames whose teacher result never came.
+EXPIRE_PERIOD_S = 0.1
+
+
+@dataclass
+class LearnerNodeParams:
+    """How the learner node feeds, checkpoints and reports the online learner.
+
+    Attributes:
+        checkpoint_path: File A is checkpointed to (atomically) and resumed from after a
+            restart; empty = no checkpoint, every start begins again from S.
+        checkpoint_every_s: Write the checkpoint at the first snapshot this many seconds
+            after the last write (0 = at every snapshot), and always on shutdown.
+        join_timeout_s: Seconds a camera frame waits for the teacher's result of the same
+            stamp (and vice versa) before it is given up and not trained on.
+        max_pending: Stamps waiting for their partner at once; the oldest is given up when
+            a new stamp would exceed it.
+        status_period_s: Period of the LearnerStatus messages on ~/status.
+        resize: False: camera frames must already have model.input_size; True: resize them
+            to model.input_size before training.
+    """
+
+    checkpoint_path: str = ''
+    checkpoint_every_s: float = 60.0
+    join_timeout_s: float = 2.0
+    max_pending: int = 16
+    status_period_s: float = 1.0
+    resize: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint_every_s >= 0:
+            raise ValueError(f'checkpoint_every_s must be >= 0, got {self.checkpoint_every_s}')
+        if not self.join_timeout_s > 0:
+            raise ValueError(f'join_timeout_s must be > 0, got {self.join_timeout_s}')
+        if self.max_pending < 1:
+            raise ValueError(f'max_pending must be >= 1, got {self.max_pending}')
+        if not self.status_period_s > 0:
+            raise ValueError(f'status_period_s must be > 0, got {self.status_period_s}')
+
+
+def stamp_key(header: Header) -> int:
+    """A header stamp as integer nanoseconds (the join key)."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+class LearnerNode(Node):
+    """Train A from camera frames and teacher posteriors; see the module docstring."""
+
+    def __init__(self, node_name: str = 'learner', **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        student, self._model_config, _ = declare_network(self)
+        self.config = declare_dataclass(self, LearnerConfig(), 'learner')
+        self.params = declare_dataclass(self, LearnerNodeParams())
+        self._key = weights_key(self)
+        self._arch = arch_id(self._model_config)
+        self._config_dict = self._model_config.to_dict()
+        self.health = Health(self)
+        self.health.set('arch', self._arch)
+
+        # Resume: A's weights, step and snapshot version from the last checkpoint.
+        adaptive_state, start_step, self._version_offset = None, 0, 0
+        path = self.params.checkpoint_path
+        if path and Path(path).is_file():
+            # A checkpoint for another model is a configuration error: fail loudly instead of
+            # overwriting it later with a fresh A.
+            saved, meta = load_checkpoint(path, expected=self._model_config)
+            adaptive_state = saved.state_dict()
+            start_step = int(meta['extra'].get('step', 0))
+            self._version_offset = int(meta['extra'].get('version', 0))
+            self.get_logger().info(
+                f'resumed A from {path}: step {start_step}, version {self._version_offset}'
+            )
+        self.learner = OnlineLearner(
+            student, self.config, adaptive_state=adaptive_state, start_step=start_step
+        )
+        del student  # the learner holds its own copies (frozen S and trainable A)
+        # A CPU model that snapshots are loaded into for save_checkpoint (which wants a
+        # SegmentationNet); touched only under the checkpoint lock.
+        self._ckpt_model = build_model(self._model_config) if path else None
+        self._ckpt_lock = threading.Lock()
+        self._last_ckpt = time.monotonic()
+        self._closed = False
+
+        self._weights_pub = self.create_publisher(ModelWeights, '~/weights', qos.LATCHED)
+        self._status_pub = self.create_publisher(LearnerStatus, '~/status', qos.RESULTS)
+
+        # The joiner is shared by the two subscriptions and the expiry timer.
+        self._join_lock = threading.Lock()
+        self._joiner = StampJoiner(
+            (IMAGE, TEACHER),
+            max_pending=self.params.max_pending,
+            timeout=self.params.join_timeout_s,
+        )
+        self.create_subscription(Image, 'image', self.on_image, qos.SENSOR)
+        self.create_subscription(
+            Segmentation, 'teacher/segmentation', self.on_teacher, qos.RESULTS
+        )
+        self.create_timer(EXPIRE_PERIOD_S, self.on_expire_timer)
+        self.create_timer(self.params.status_period_s, self.on_status_timer)
+
+        # A resumed A differs from S: latch it at once so the adaptive segmenter catches up.
+        initial = self.learner.latest_snapshot()
+        if self._version_offset >= 1:
+            self._publish_weights(initial)
+        # Registered after construction, so the learner's own version-0 snapshot (= S, or
+        # the resumed A just published) never goes out twice.
+        self.learner.snapshot_callbacks.append(self.on_snapshot)
+        self.learner.start()
+        self.get_logger().info(
+            f'learner ready: {self._arch} {self._model_config.input_size}, '
+            f'batch {self.config.batch_size}, lr {self.config.lr}, '
+            f'snapshot every {self.config.snapshot_every} steps on {self.learner.device}'
+        )
+
+    # ------------------------------------------------------------------------ inputs
+    def on_image(self, msg: Image) -> None:
+        try:
+            rgb = convert.image_to_rgb(msg)
+        except convert.MessageError as exc:
+            self.health.reject('image', str(exc))
+            return
+        height, width = self._model_config.input_size
+        if rgb.shape[:2] != (height, width):
+            if not self.params.resize:
+                self.health.reject(
+                    'size',
+                    f'frame {rgb.shape[1]}x{rgb.shape[0]} != model.input_size {width}x{height}; '
+                    'set resize:=true to resize frames',
+                )
+                return
+            rgb = cv2.resize(
+                np.ascontiguousarray(rgb), (width, height), interpolation=cv2.INTER_AREA
+            )
+        self._add(IMAGE, msg.header, rgb)
+
+    def on_teacher(self, msg: Segmentation) -> None:
+        try:
+            probs = convert.posteriors_from_msg(msg)
+        except convert.MessageError as exc:
+            self.health.reject('posteriors', str(exc))
+            return
+        if probs is None:
+            self.health.reject(
+                'no_posteriors',
+                f'teacher segmentation ({msg.role or "?"}, {msg.arch or "?"}) carries no '
+                'posteriors; enable publish_posteriors on the teacher segmenter',
+            )
+            return
+        classes = self._model_config.num_classes
+        if probs.shape[0] != classes:
+            self.health.reject(
+                'posteriors', f'{probs.shape[0]} posterior classes, the model has {classes}'
+            )
+            return
+        self._add(TEACHER, msg.header, probs)
+
+    def _add(self, stream: str, header: Header, item: np.ndarray) -> None:
+        with self._join_lock:
+            late = self._joiner.late
+            groups = self._joiner.add(stream, stamp_key(header), item, time.monotonic())
+            if self._joiner.late > late:
+                self.health.count(f'{stream}.late')
+        self._handle(groups)
+
+    def on_expire_timer(self) -> None:
+        with self._join_lock:
+            groups = self._joiner.expire(time.monotonic())
+        self._handle(groups)
+
+    def _handle(self, groups: list[JoinedGroup]) -> None:
+        for group in groups:
+            if group.missing:
+                # A frame without teacher posteriors has no target: it is not trained on.
+                for stream in group.items:
+                    self.health.count(f'{stream}.unmatched')
+                continue
+            try:
+                # Never blocks: a full queue drops its oldest frame (counted by the learner).
+                self.learner.submit(group.items[IMAGE], group.items[TEACHER])
+            except ValueError as exc:
+                self.health.reject('pair', str(exc))
+                continue
+            self.health.count('pairs.submitted')
+
+    # ------------------------------------------------------------------------ snapshots
+    def on_snapshot(self, snap: WeightSnapshot) -> None:
+        """Publish (and checkpoint when due) a snapshot; runs in the training thread.
+
+        Serialising, hashing and signing a multi-megabyte snapshot there keeps the executor's
+        callbacks fast, and rclpy publishers may be used from any thread. The cost is a short
+        pause of training per snapshot, which is what a snapshot is worth.
+        """
+        try:
+            self._publish_weights(snap)
+            due = time.monotonic() - self._last_ckpt >= self.params.checkpoint_every_s
+            if self._ckpt_model is not None and due:
+                self._write_checkpoint(snap.state_dict, snap.step, self._version(snap))
+        except Exception as exc:  # an exception here would end the training thread
+            self.health.count('snapshot_errors')
+            self.get_logger().error(f'snapshot {snap.version} not published: {exc}')
+
+    def _version(self, snap: WeightSnapshot) -> int:
+        """The published version: the learner counts from 0 at every start."""
+        return self._version_offset + snap.version
+
+    def _publish_weights(self, snap: WeightSnapshot) -> None:
+        version = self._version(snap)
+        header = Header(stamp=self.get_clock().now().to_msg())
+        msg = convert.weights_msg(
+            header,
+            version,
+            snap.step,
+            self._arch,
+            self._config_dict,
+            snap.state_dict,
+            self._key,
+        )
+        self._weights_pub.publish(msg)
+        self.health.count('snapshots.published')
+        self.health.set('published_version', version)
+
+    def _write_checkpoint(self, state_dict: dict, step: int, version: int) -> None:
+        path = self.params.checkpoint_path
+        with self._ckpt_lock:
+            start = time.perf_counter()
+            self._ckpt_model.load_state_dict(state_dict)
+            # save_checkpoint writes a temp file in the same folder and os.replace-s it.
+            save_checkpoint(path, self._ckpt_model, extra={'step': step, 'version': version})
+            self._last_ckpt = time.monotonic()
+        self.health.timing('checkpoint', 1e3 * (time.perf_counter() - start))
+        self.health.count('checkpoints.written')
+
+    # ------------------------------------------------------------------------ status
+    def on_status_timer(self) -> None:
+        stats = self.learner.stats
+        msg = LearnerStatus(
+            header=Header(stamp=self.get_clock().now().to_msg()),
+            step=stats.step,
+            snapshot_version=self._version_offset + stats.snapshot_version,
+            ce_loss=stats.ce,
+            fm_loss=stats.fm,
+            ifm_loss=stats.ifm,
+            ts_loss=stats.ts,
+            learning_rate=stats.lr,
+            frames_received=stats.frames_received,
+            frames_dropped=stats.frames_dropped,
+            steps_skipped=stats.steps_skipped,
+        )
+        self._status_pub.publish(msg)
+        self.health.set('step', stats.step)
+        self.health.set('queue', self.learner.queue_length)
+        error = self.learner.error
+        if error is not None:
+            self.health.status(DiagnosticStatus.ERROR, f'training thread failed: {error!r}')
+        elif stats.steps_skipped:
+            self.health.status(
+                DiagnosticStatus.WARN, f'{stats.steps_skipped} steps skipped (non-finite loss)'
+            )
+
+    # ------------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Stop and join the training thread, then write the final checkpoint (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        stopped = False
+        try:
+            self.learner.stop(timeout=STOP_TIMEOUT_S)
+            stopped = True
+        except (TimeoutError, RuntimeError) as exc:
+            self.get_logger().error(f'online learner did not stop cleanly: {exc!r}')
+        if self._ckpt_model is None:
+            return
+        snap = self.learner.latest_snapshot()
+        state, step, version = snap.state_dict, snap.step, self._version(snap)
+        if stopped and self.learner.stats.step > snap.step:
+            # A moved on since its last snapshot: keep that progress under a fresh version,
+            # so one version number never names two different sets of weights.
+            live = self.learner.adaptive.state_dict()
+            state = {k: v.detach().to('cpu') for k, v in live.items()}
+            step, version = self.learner.stats.step, version + 1
+        # Otherwise (thread failed or still running) the last snapshot is the last known
+        # consistent state.
+        try:
+            self._write_checkpoint(state, step, version)
+            self.get_logger().info(
+                f'checkpoint of A at step {step}, version {version}: {self.params.checkpoint_path}'
+            )
+        except Exception as exc:
+            self.get_logger().error(f'final checkpoint not written: {exc!r}')
+
+
+def main(args=None) -> None:
+    run(lambda: LearnerNode(), args)
+
+
+if __name__ == '__main__':
+    main()
