@@ -106,3 +106,13 @@ def ros(ros_domain_id):
     harness = RosHarness(ros_domain_id)
     yield harness
     harness.close()
+
+
+@pytest.fixture(scope='session')
+def tiny_root(tmp_path_factory):
+    """The tiny synthetic data set (seed 3), generated once per test session."""
+    from tsa_ros.data.generate import generate
+
+    root = tmp_path_factory.mktemp('synth') / 'tiny'
+    generate(root, 'tiny', seed=3, workers=2, progress=False)
+    return root

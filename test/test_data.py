@@ -36,13 +36,6 @@ from tsa_ros.data.generate import (
 from tsa_ros.data.labels import CLASS_NAMES, TRAIN_COLORS, colorize, ids_to_train_ids
 
 
-@pytest.fixture(scope='session')
-def tiny_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp('synth') / 'tiny'
-    generate(root, 'tiny', seed=3, workers=2, progress=False)
-    return root
-
-
 def digest_tree(root, pattern='*.png'):
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -32,7 +32,7 @@ from rclpy.publisher import Publisher
 from std_msgs.msg import Bool
 
 from tsa_ros.config import ConfigError
-from tsa_ros.data.bag import TOPIC_IMAGE, BagError, BagReader
+from tsa_ros.data.bag import TOPIC_GROUND_TRUTH, TOPIC_IMAGE, BagError, BagReader
 from tsa_ros.ros import qos
 from tsa_ros.ros.common import run
 from tsa_ros.ros.health import Health
@@ -57,8 +57,9 @@ class BagPlayerParams:
         start_offset_s: Skip this many seconds from the start of the bag.
         topics: Topics to replay; unset or empty = every topic in the bag.
         wait_for_subscribers: Before playing, wait until this many subscribers match the
-            image topic (/camera/image_raw, else the first replayed topic), then 0.5 s for
-            discovery to settle; 0 = start at once.
+            image topic (/camera/image_raw, else the first replayed topic) and, when the bag
+            has ground truth, one matches /camera/ground_truth; then 0.5 s for discovery to
+            settle; 0 = start at once.
         wait_timeout_s: Stop waiting for subscribers after this many seconds and play
             anyway; 0 = wait as long as it takes.
         exit_when_done: Shut the node down when the bag has ended (ignored when looping).
@@ -171,10 +172,13 @@ class BagPlayerNode(Node):
         if want <= 0:
             return True
         pub = self.pubs[self._wait_topic]
+        truth = self.pubs.get(TOPIC_GROUND_TRUTH)
         timeout = self.params.wait_timeout_s
         deadline = time.monotonic() + timeout if timeout > 0 else math.inf
         self.health.status(DiagnosticStatus.OK, f'waiting for {want} subscriber(s)')
-        while pub.get_subscription_count() < want:
+        while pub.get_subscription_count() < want or (
+            truth is not None and truth.get_subscription_count() < 1
+        ):
             if time.monotonic() >= deadline:
                 self.get_logger().warning(
                     f'{pub.get_subscription_count()} of {want} subscriber(s) on '

@@ -59,6 +59,8 @@ class GraphArgs:
         image_topic: Camera topic the segmenters and the learner consume.
         teacher_checkpoint: tsa checkpoint of T ('' = random weights, demo only).
         student_checkpoint: tsa checkpoint of S, the start of A ('' = random weights).
+        adaptive_checkpoint: tsa checkpoint A starts from, e.g. the learner's last
+            checkpoint_path ('' = student_checkpoint, i.e. A = S).
         bag: rosbag2 to replay (replay and attack_injection graphs).
         rate: Replay rate factor (1.0 = recorded 17 Hz).
         loop: Replay the bag in a loop.
@@ -75,6 +77,7 @@ class GraphArgs:
     image_topic: str = '/camera/image_raw'
     teacher_checkpoint: str = ''
     student_checkpoint: str = ''
+    adaptive_checkpoint: str = ''
     bag: str = ''
     rate: float = 1.0
     loop: bool = False
@@ -129,6 +132,7 @@ def launch_arguments(graph: str) -> list[LaunchArgument]:
         'image_topic',
         'teacher_checkpoint',
         'student_checkpoint',
+        'adaptive_checkpoint',
     ]
     if graph in ('replay', 'attack_injection'):
         names += ['bag', 'rate', 'loop', 'exit_when_done', 'report', 'clean_report']
@@ -192,7 +196,7 @@ def describe(graph: str, args: GraphArgs | None = None) -> list[NodeSpec]:
     checkpoints = {
         'teacher': args.teacher_checkpoint,
         'student': args.student_checkpoint,
-        'adaptive': args.student_checkpoint,
+        'adaptive': args.adaptive_checkpoint or args.student_checkpoint,
     }
     nodes = []
     for role in ROLES:

@@ -1,0 +1,88 @@
+"""config/tsa.yaml cannot drift from the nodes: every key is a parameter the node declares."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip('rclpy')
+from rclpy.parameter import Parameter  # noqa: E402
+
+from tsa_ros.data.bag import BagFrame, write_bag  # noqa: E402
+from tsa_ros.data.camera import CameraModel  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def flatten(params, prefix=''):
+    for key, value in params.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, dict):
+            yield from flatten(value, name + '.')
+        else:
+            yield name
+
+
+def node_classes():
+    from tsa_ros.ros.attacker_node import AttackerNode
+    from tsa_ros.ros.bag_player_node import BagPlayerNode
+    from tsa_ros.ros.evaluator_node import EvaluatorNode
+    from tsa_ros.ros.fusion_node import FusionNode
+    from tsa_ros.ros.learner_node import LearnerNode
+    from tsa_ros.ros.segmenter_node import SegmenterNode
+
+    return {
+        'teacher': SegmenterNode,
+        'student': SegmenterNode,
+        'adaptive': SegmenterNode,
+        'learner': LearnerNode,
+        'fusion': FusionNode,
+        'attacker': AttackerNode,
+        'bag_player': BagPlayerNode,
+        'evaluator': EvaluatorNode,
+    }
+
+
+@pytest.mark.parametrize('params_file', ['config/tsa.yaml', 'test/ros/tiny.yaml'])
+def test_every_key_is_a_declared_parameter(ros, tmp_path, params_file):
+    path = REPO / params_file
+    sections = yaml.safe_load(path.read_text())
+    bag = tmp_path / 'bag'
+    camera = CameraModel.cityscapes_default(16, 8)
+    write_bag([BagFrame(1, np.zeros((8, 16, 3), np.uint8), camera)], bag)
+    classes = node_classes()
+    assert {key.split('/')[-1] for key in sections} == set(classes)
+    for key, section in sections.items():
+        name = key.split('/')[-1]
+        # Small, fast networks: only the declarations matter here, not the sizes.
+        overrides = (
+            [Parameter('warmup', value=False)]
+            if classes[name].__name__ == ('SegmenterNode')
+            else []
+        )
+        if name in ('teacher', 'student', 'adaptive', 'learner', 'attacker'):
+            overrides += [
+                Parameter('model.input_size', value=[32, 64]),
+                Parameter('model.backbone', value='resnet18'),
+            ]
+        if name == 'bag_player':
+            overrides.append(Parameter('bag', value=str(bag)))
+        node = classes[name](
+            node_name=name,
+            context=ros.context,
+            parameter_overrides=overrides,
+            cli_args=['--ros-args', '--params-file', str(path)],
+        )
+        try:
+            undeclared = [
+                k for k in flatten(section['ros__parameters']) if not node.has_parameter(k)
+            ]
+            assert not undeclared, (
+                f'{params_file} [{name}]: not parameters of the node: {undeclared}'
+            )
+        finally:
+            close = getattr(node, 'close', None)
+            if close is not None:
+                close()
+            node.destroy_node()
