@@ -77,7 +77,7 @@ def test_camera_driver_encodings(rgb):
     [
         ({'encoding': '32FC1'}, 'unsupported image encoding'),
         ({'step': 5}, 'step'),
-        ({'data': b'\x00' * 10}, 'bytes of data'),
+        ({'data': b'\x00' * 10}, 'data bytes'),
         ({'height': 100000, 'width': 100000}, 'absurd'),
     ],
 )

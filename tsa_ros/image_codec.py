@@ -64,11 +64,16 @@ def decode(msg: Any) -> np.ndarray:
         raise ValueError(f'image size {width}x{height} is empty or absurd')
     row_bytes = width * channels * dtype.itemsize
     if step < row_bytes:
-        raise ValueError(f'{encoding} image: step {step} < {row_bytes} bytes per row')
+        raise ValueError(
+            f'{encoding} image: step {step} < width {width} x {channels * dtype.itemsize} '
+            'bytes per pixel'
+        )
     buf = np.frombuffer(msg.data, np.uint8) if not isinstance(msg.data, np.ndarray) else msg.data
     buf = buf.reshape(-1).view(np.uint8)
     if buf.size < step * height:
-        raise ValueError(f'{encoding} image: {buf.size} bytes of data < step {step} x {height}')
+        raise ValueError(
+            f'{encoding} image: {buf.size} data bytes < step {step} x height {height}'
+        )
     rows = buf[: step * height].reshape(height, step)[:, :row_bytes]
     pixels = rows.view(dtype) if dtype.itemsize > 1 else rows
     if dtype.itemsize > 1 and bool(msg.is_bigendian) == np.little_endian:  # foreign order

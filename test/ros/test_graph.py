@@ -110,3 +110,12 @@ def test_launch_ros_builds_the_same_nodes():
         specs = describe(graph, args)
         assert [n.node_name for n in nodes] == [s.name for s in specs]
         assert [n.node_executable for n in nodes] == [s.executable for s in specs]
+
+
+def test_parameter_reference_is_current():
+    from tsa_ros.ros.reference import markdown
+
+    shipped = (REPO / 'docs' / 'ros_parameters.md').read_text()
+    assert shipped == markdown(), (
+        'regenerate: python -m tsa_ros.ros.reference > docs/ros_parameters.md'
+    )

@@ -50,6 +50,7 @@ from rosbags.interfaces import (
 from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterError
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
+from tsa_ros import image_codec
 from tsa_ros.data.camera import CameraModel
 
 TOPIC_IMAGE = '/camera/image_raw'
@@ -192,32 +193,17 @@ def rgb_to_image_msg(
 def image_to_array(msg: Any) -> np.ndarray:
     """The pixels of an Image message: (H, W, 3) RGB for rgb8/bgr8, (H, W) for mono8.
 
-    Honours ``step`` (rows may be padded); returns a writable, C-contiguous copy.
+    Honours ``step`` (rows may be padded); returns a writable, C-contiguous copy (deserialised
+    data is a read-only view into the raw message).
     """
     encoding = str(msg.encoding)
     if encoding not in ENCODINGS:
         raise ValueError(
             f'unsupported image encoding {encoding!r}; expected one of {sorted(ENCODINGS)}'
         )
-    channels = ENCODINGS[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    data = msg.data
-    buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes | bytearray) else data
-    buf = np.asarray(buf, dtype=np.uint8).reshape(-1)
-    if step < width * channels:
-        raise ValueError(f'{encoding} image: step {step} < width {width} x {channels} channels')
-    if buf.size < step * height:
-        raise ValueError(
-            f'{encoding} image: {buf.size} data bytes < step {step} x height {height}'
-        )
-    rows = buf[: step * height].reshape(height, step)[:, : width * channels]
-    if channels == 1:
-        pixels = rows
-    else:
-        pixels = rows.reshape(height, width, channels)
-        if encoding == 'bgr8':
-            pixels = pixels[..., ::-1]
-    # Deserialised data is a read-only view into the raw message; hand out our own copy.
+    pixels = image_codec.decode(msg)
+    if encoding == 'bgr8':
+        pixels = pixels[..., ::-1]
     return np.array(pixels, dtype=np.uint8, order='C', copy=True)
 
 
