@@ -150,41 +150,28 @@ def _render_sample(task: _Task) -> np.ndarray:
     return histogram
 
 
+def _split_tasks(
+    root: Path, preset: SynthPreset, seed: int, split: str, count: int, sequence: bool
+) -> list[_Task]:
+    """``count`` samples of a split, spread round-robin over its cities."""
+    cities = CITIES[split]
+    tasks = []
+    for index in range(count):
+        city, seq = cities[index % len(cities)], index // len(cities)
+        seed_ = sample_seed(seed, split, city, seq)
+        tasks.append(_Task(str(root), split, city, seq, seed_, preset.size, sequence))
+    return tasks
+
+
 def plan(root: Path, preset: SynthPreset, seed: int) -> list[_Task]:
-    """Every sample of a data set, spread round-robin over the split's cities."""
+    """Every sample of a data set: the annotated frames, then the sequence snippets."""
     tasks = []
     for split, count in preset.counts.items():
-        cities = CITIES[split]
-        for index in range(count):
-            city = cities[index % len(cities)]
-            seq = index // len(cities)
-            tasks.append(
-                _Task(
-                    str(root),
-                    split,
-                    city,
-                    seq,
-                    sample_seed(seed, split, city, seq),
-                    preset.size,
-                    False,
-                )
-            )
+        tasks += _split_tasks(root, preset, seed, split, count, sequence=False)
     for split, count in preset.sequences.items():
-        cities = CITIES[split]
         # Snippets belong to annotated frames: the same seeds, so frame 19 is the labeled image.
-        for index in range(min(count, preset.counts[split])):
-            city, seq = cities[index % len(cities)], index // len(cities)
-            tasks.append(
-                _Task(
-                    str(root),
-                    split,
-                    city,
-                    seq,
-                    sample_seed(seed, split, city, seq),
-                    preset.size,
-                    True,
-                )
-            )
+        count = min(count, preset.counts[split])
+        tasks += _split_tasks(root, preset, seed, split, count, sequence=True)
     return tasks
 
 
