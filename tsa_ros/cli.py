@@ -145,6 +145,225 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_data_sheet)
 
 
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ('cuda' if torch.cuda.is_available() else 'cpu')
+
+
+def _cmd_attack(args: argparse.Namespace) -> int:
+    """Write the least-likely AEs (or, at epsilon 0, the clean images) of a split."""
+    from tsa_ros.experiments import make_ae_set
+
+    if args.checkpoint is None and (args.epsilon > 0 or args.size is None):
+        raise ValueError('--checkpoint is required (or --epsilon 0 with --size for a clean set)')
+    summary = make_ae_set(
+        args.root,
+        args.split,
+        args.checkpoint,
+        args.epsilon,
+        args.out,
+        size=tuple(args.size) if args.size else None,
+        batch_size=args.batch_size,
+        device=_device(args.device),
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
+    height, width = summary['size']
+    check = 'ok' if summary['linf_ok'] else 'VIOLATED'
+    print(
+        f'wrote {summary["out"]}: {summary["frames"]} images of {args.split} at {height}x{width}, '
+        f'epsilon {summary["epsilon"]:g}, {summary["iterations"]} iterations, '
+        f'max |adv - clean| = {summary["linf_max"]} ({check}), '
+        f'{summary["seconds"]:.1f} s ({summary["per_image_s"]:.3f} s/image)'
+    )
+    return 0 if summary['linf_ok'] else 1
+
+
+def _add_attack_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser('attack', help='write least-likely adversarial examples of a split')
+    p.add_argument('--root', required=True, help='source data root (Cityscapes layout)')
+    p.add_argument('--split', default='minival', help='split (minival, minitest, val ...)')
+    p.add_argument('--checkpoint', help='attacked network (optional for --epsilon 0)')
+    p.add_argument('--epsilon', type=float, required=True, help='L-inf bound (0 = clean set)')
+    p.add_argument('--out', required=True, help='output root of the AE set')
+    p.add_argument(
+        '--size', type=int, nargs=2, metavar=('H', 'W'), help='default: the model input size'
+    )
+    p.add_argument('--batch-size', type=int, default=4)
+    p.add_argument('--device', help='torch device (default: cuda if available)')
+    p.add_argument('--overwrite', action='store_true', help='replace a set in --out')
+    p.add_argument('--quiet', action='store_true', help='no progress line')
+    p.set_defaults(func=_cmd_attack)
+
+
+def _name_value(option: str, text: str) -> tuple[str, str]:
+    name, sep, value = text.partition('=')
+    if not sep or not name or not value:
+        raise ValueError(f'{option} expects NAME=PATH, got {text!r}')
+    return name, value
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate networks on clean and AE sets; write the paper's robustness table."""
+    from pathlib import Path
+
+    from tsa_ros.data.cityscapes import LabeledDataset
+    from tsa_ros.experiments import evaluate, write_results
+    from tsa_ros.models import load_checkpoint
+
+    device = _device(args.device)
+    model_args = [_name_value('--model', m) for m in args.model]
+    set_args = [_name_value('--set', s) for s in args.set]
+    for option, pairs in (('--model', model_args), ('--set', set_args)):
+        names = [name for name, _ in pairs]
+        if len(set(names)) != len(names):
+            raise ValueError(f'{option} names must be unique, got {names}')
+    for name, root in set_args:
+        if not Path(root).is_dir():
+            raise FileNotFoundError(f'set {name!r}: root {root} does not exist')
+    size = tuple(args.size) if args.size else None
+    sets = {name: LabeledDataset(root, args.split, size) for name, root in set_args}
+    models, checkpoints = {}, {}
+    for name, path in model_args:
+        models[name], meta = load_checkpoint(path, map_location=device)
+        checkpoints[name] = {
+            'path': meta['path'],
+            'sha256': meta['sha256'],
+            'config': meta['config'].to_dict(),
+        }
+    results = evaluate(models, sets, args.fusion, args.batch_size, device)
+    results['checkpoints'] = checkpoints
+    results['split'] = args.split
+    table = args.table or {'minival': 1, 'minitest': 2}.get(args.split)
+    what = {'minival': 'mini validation set', 'minitest': 'mini test set'}.get(
+        args.split, f'split {args.split}'
+    )
+    title = f'Table {table}: {what}' if table else what
+    results['table'] = table
+    paths = write_results(results, args.out, title)
+    print(paths['markdown'].read_text(), end='')
+    print(f'wrote {paths["json"]}, {paths["markdown"]}, {paths["csv"]}')
+    return 0
+
+
+def _add_eval_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser('eval', help='mIoU of networks on clean / AE sets (Tables 1 and 2)')
+    p.add_argument(
+        '--model', action='append', required=True, metavar='NAME=CKPT', help='repeat: T, S, A'
+    )
+    p.add_argument(
+        '--set',
+        action='append',
+        required=True,
+        metavar='NAME=ROOT',
+        help='repeat: clean, T-AE-1, T-AE-10, S-AE-1, S-AE-10 (others are extra columns)',
+    )
+    p.add_argument('--split', default='minival')
+    p.add_argument('--fusion', action='store_true', help='add majority / posterior fusion rows')
+    p.add_argument('--out', required=True, help='folder for results.json, table.md, table.csv')
+    p.add_argument('--table', type=int, choices=[1, 2], help='title (default: from --split)')
+    p.add_argument(
+        '--size', type=int, nargs=2, metavar=('H', 'W'), help='resize sets (default: as stored)'
+    )
+    p.add_argument('--batch-size', type=int, default=4)
+    p.add_argument('--device', help='torch device (default: cuda if available)')
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    """Supervised training of the teacher or the student (paper sec. 4.2)."""
+    import dataclasses
+    import os
+
+    from tsa_ros.config import load_config
+    from tsa_ros.learning.train import TrainConfig, train
+
+    config = load_config(args.config, TrainConfig)
+    overrides = {'role': args.role}
+    if args.steps is not None:
+        overrides['steps'] = args.steps
+    if args.batch_size is not None:
+        overrides['batch_size'] = args.batch_size
+    config = dataclasses.replace(config, **overrides)
+    result = train(config, args.data, args.out, resume=args.resume, device=args.device)
+    if int(os.environ.get('RANK', '0')) == 0:  # under torchrun only rank 0 reports
+        print(
+            f'{args.role}: step {result["step"]}, mIoU {result["miou"]:.4f}, '
+            f'checkpoint {result["checkpoint"]}'
+        )
+    return 0
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    """Adapt A from S with T's posteriors on the unlabeled split (J_TS, eqs. 3-6)."""
+    import dataclasses
+
+    from tsa_ros.config import load_config
+    from tsa_ros.experiments.adapt import AdaptConfig, adapt
+
+    cfg = load_config(args.config, AdaptConfig)
+    if args.steps is not None:
+        cfg.steps = args.steps
+    if args.finetune_steps is not None:
+        cfg.finetune_steps = args.finetune_steps
+    loss = cfg.learner.loss
+    if not args.ifm:
+        loss = dataclasses.replace(loss, alpha=0.0)  # the paper's baseline: CE only
+    elif args.alpha is not None:
+        loss = dataclasses.replace(loss, alpha=args.alpha)
+    cfg.learner = dataclasses.replace(cfg.learner, loss=loss)
+    name = args.name or ('adaptive_ifm' if args.ifm else 'adaptive')
+    path = adapt(
+        args.teacher,
+        args.student,
+        args.data,
+        args.out,
+        cfg,
+        name=name,
+        resume=args.resume,
+        device=args.device,
+    )
+    print(f'wrote {path} (alpha {loss.alpha}, beta {loss.beta}, gamma {loss.gamma}, p {loss.p})')
+    return 0
+
+
+def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser('adapt', help='adapt A from S on the unlabeled split (J_TS)')
+    p.add_argument('--teacher', required=True, help='checkpoint of T')
+    p.add_argument('--student', required=True, help='checkpoint of S (A starts as S)')
+    p.add_argument('--data', required=True, help='data root (Cityscapes layout)')
+    p.add_argument('--out', default='runs', help='output folder')
+    p.add_argument('--config', help='YAML with AdaptConfig fields (steps, learner, ...)')
+    p.add_argument(
+        '--ifm',
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='with the IFM loss (alpha from the config, paper 0.6) or without '
+        '(--no-ifm: alpha = 0)',
+    )
+    p.add_argument('--alpha', type=float, help='override alpha (with --ifm)')
+    p.add_argument('--steps', type=int, help='override the number of steps')
+    p.add_argument('--finetune-steps', type=int, help='steps of the optional fine-tuning')
+    p.add_argument('--name', help='output name (default adaptive / adaptive_ifm)')
+    p.add_argument('--resume', action='store_true', help='continue from OUT/<name>.state.pt')
+    p.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto')
+    p.set_defaults(func=_cmd_adapt)
+
+
+def _add_train_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser('train', help='train the teacher or the student on the labeled split')
+    p.add_argument('--role', required=True, choices=['teacher', 'student'])
+    p.add_argument('--data', required=True, help='data root in the Cityscapes layout')
+    p.add_argument('--config', help='YAML mapping onto TrainConfig (default: its defaults)')
+    p.add_argument('--out', default='runs', help='output folder (default: runs)')
+    p.add_argument('--steps', type=int, help='total optimisation steps (overrides the config)')
+    p.add_argument('--batch-size', type=int, help='images per step and process')
+    p.add_argument('--resume', action='store_true', help='continue from OUT/<role>.state.pt')
+    p.add_argument('--device', default='auto', choices=['cpu', 'cuda', 'auto'])
+    p.set_defaults(func=_cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='tsa',
@@ -168,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_model)
 
     _add_data_commands(sub)
+    _add_train_command(sub)
+    _add_adapt_command(sub)
+    _add_attack_command(sub)
+    _add_eval_command(sub)
 
     from tsa_ros.ros.up import add_arguments, main_from_args
 

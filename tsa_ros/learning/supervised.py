@@ -2,6 +2,8 @@
 
 Adam with a polynomial learning-rate decay (Zhao et al.'s "poly", power 0.9) on the pixel-wise
 cross-entropy with ignore label 255, as the paper trains its student (eta_0 = 1e-4).
+:func:`evaluate` accumulates a confusion matrix (mIoU) over a data loader; the full training
+run (config, checkpoints, resume, DDP) lives in :mod:`tsa_ros.learning.train`.
 """
 
 from __future__ import annotations
@@ -12,10 +14,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tsa_ros.metrics import ConfusionMatrix
+
 
 def poly_lr(base_lr: float, step: int, total: int, power: float = 0.9) -> float:
     """Polynomial decay: base_lr * (1 - step / total) ** power."""
     return base_lr * (1.0 - min(step, total) / max(total, 1)) ** power
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group."""
+    for group in optimizer.param_groups:
+        group['lr'] = lr
 
 
 def supervised_step(
@@ -50,8 +60,33 @@ def fit(
     losses = []
     batches = cycle(loader)
     for step in range(steps):
-        for group in optimizer.param_groups:
-            group['lr'] = poly_lr(lr, step, steps)
+        set_lr(optimizer, poly_lr(lr, step, steps))
         images, labels = next(batches)
         losses.append(supervised_step(model, optimizer, images.to(device), labels.to(device)))
     return losses
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    num_classes: int = 19,
+    device: torch.device | str = 'cpu',
+    matrix: ConfusionMatrix | None = None,
+) -> ConfusionMatrix:
+    """Confusion matrix of the arg-max predictions over ``loader`` (images, labels).
+
+    The model is put in eval mode (BatchNorm running statistics, no dropout) and its previous
+    mode is restored afterwards, so this can be called in the middle of training.
+    """
+    matrix = matrix if matrix is not None else ConfusionMatrix(num_classes)
+    was_training = model.training
+    model.eval()
+    try:
+        for images, labels in loader:
+            logits = model(images.to(device))
+            matrix.update(logits.argmax(1).cpu(), labels)
+    finally:
+        model.train(was_training)
+    return matrix
