@@ -69,6 +69,7 @@ def build_report(
     frames: int,
     missing: Mapping[str, int],
     clean: Mapping[str, Any] | None = None,
+    stamps: Mapping[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     """The report of one run from its per-stream confusion matrices.
 
@@ -81,6 +82,8 @@ def build_report(
             returns it or :func:`load_report` reads it; adds ``clean_miou`` and
             ``miou_ratio`` per stream (``None`` where either mIoU is undefined or the clean
             mIoU is 0).
+        stamps: Stream name -> header stamps (ns) of the frames it was scored on; adds a
+            ``stamps`` list per stream, so an offline evaluation can use the same frames.
 
     Returns:
         A JSON-serialisable dict (see the module docstring).
@@ -101,6 +104,8 @@ def build_report(
             'missing': int(missing.get(stream, 0)),
             'confusion': cm.to_dict(),
         }
+        if stamps is not None:  # which frames (header stamps, ns) the stream was scored on
+            entry['stamps'] = [int(t) for t in stamps.get(stream, [])]
         if clean is not None:
             clean_value = _clean_miou(clean, stream)
             entry['clean_miou'] = _number(clean_value)

@@ -105,6 +105,7 @@ class EvaluatorNode(Node):
         )
         self.matrices = {s: ConfusionMatrix(NUM_CLASSES, IGNORE_ID) for s in self.streams}
         self.missing = dict.fromkeys(self.streams, 0)
+        self.stamps: dict[str, list[int]] = {s: [] for s in self.streams}
         self.frames = 0
         self._closed = False
 
@@ -192,6 +193,7 @@ class EvaluatorNode(Node):
                 self.health.count(f'missing.{stream}')
                 continue
             self.matrices[stream].update(labels, gt)
+            self.stamps[stream].append(group.stamp)
 
     def _publish_status(self, stamp: int, frame_id: str) -> None:
         msg = EvaluationStatus(frames=self.frames, streams=list(self.streams))
@@ -207,7 +209,9 @@ class EvaluatorNode(Node):
     def report(self) -> dict:
         """The report of everything evaluated so far (see tsa_ros.evaluation.build_report)."""
         with self._lock:
-            return build_report(self.matrices, self.frames, self.missing, self.clean)
+            return build_report(
+                self.matrices, self.frames, self.missing, self.clean, stamps=self.stamps
+            )
 
     def write_report(self) -> None:
         """Write the report to `report_path` (JSON + Markdown); nothing when it is unset."""
