@@ -364,6 +364,29 @@ def _add_train_command(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _add_experiment_command(sub: argparse._SubParsersAction) -> None:
+    from tsa_ros.experiments.paper import PRESETS, STAGES, main_from_args
+
+    p = sub.add_parser('experiment', help='whole experiments as one resumable command')
+    which = p.add_subparsers(dest='experiment', metavar='EXPERIMENT', required=True)
+    q = which.add_parser(
+        'paper', help="the paper's experiment: T, S, A, AE sets, Tables 1-2, Figs. 2-3"
+    )
+    q.add_argument('--preset', default='default', choices=sorted(PRESETS))
+    q.add_argument('--data', help='data root (default: OUT/RUN/data, generated if absent)')
+    q.add_argument('--out', default='results', help='parent folder of the run')
+    q.add_argument('--run', help='run name (default: the preset name)')
+    q.add_argument(
+        '--stages', nargs='+', choices=STAGES, metavar='STAGE', help=f'subset of {STAGES}'
+    )
+    q.add_argument(
+        '--force', nargs='+', default=[], choices=STAGES, metavar='STAGE', help='redo stages'
+    )
+    q.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto')
+    q.add_argument('--quiet', action='store_true', help='no progress bars')
+    q.set_defaults(func=main_from_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='tsa',
@@ -391,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adapt_command(sub)
     _add_attack_command(sub)
     _add_eval_command(sub)
+    _add_experiment_command(sub)
 
     from tsa_ros.ros.up import add_arguments, main_from_args
 

@@ -1,0 +1,124 @@
+"""``tsa experiment paper`` with the tiny preset: every stage end to end, then a resume."""
+
+import csv
+import json
+import time
+
+from tsa_ros.cli import main
+from tsa_ros.experiments.paper import STAGES, run_paper
+
+# Two sweep values each (α = 0.6 and γ = 1 reuse A+IFM, so three new adaptation runs).
+_SHORT = {'alphas': (0.3, 0.6), 'gammas': (1.0, 2.0)}
+
+
+def _numbers(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _numbers(item)
+    elif isinstance(value, float):
+        yield value
+
+
+def test_tiny_paper_experiment_end_to_end_and_resume(tiny_root, tmp_path):
+    results = run_paper(
+        'tiny',
+        out=tmp_path,
+        run='r',
+        data=tiny_root,
+        device='cpu',
+        progress=False,
+        overrides=_SHORT,
+    )
+    run = tmp_path / 'r'
+    expected = [
+        'results.json',
+        'table1.md',
+        'table1.csv',
+        'table2.md',
+        'table2.csv',
+        'sweeps.csv',
+        'fig2_alpha.png',
+        'fig3_gamma.png',
+        'overlays/frame_00.png',
+        'models/teacher.pt',
+        'models/student.pt',
+        'models/adaptive.pt',
+        'models/adaptive_ifm.pt',
+    ]
+    for split in ('minival', 'minitest'):
+        for name in ('clean', 'T-AE-1', 'T-AE-10', 'S-AE-1', 'S-AE-10'):
+            expected.append(f'ae/{split}/{name}/tsa_synth.json')
+    for name in expected:
+        assert (run / name).is_file(), name
+
+    columns = ['network', 'metric', 'clean', 'T-AE-1', 'T-AE-10', 'S-AE-1', 'S-AE-10']
+    for number, rows in (
+        (1, ['T', 'S', 'A']),
+        (2, ['T', 'S', 'A', 'A+IFM', 'majority', 'posterior']),
+    ):
+        table = list(csv.reader((run / f'table{number}.csv').open()))
+        assert table[0] == columns
+        assert [r[0] for r in table[1:] if r[1] == 'miou_ratio_pct'] == rows
+        assert [r[0] for r in table[1:] if r[1] == 'miou_pct'] == rows
+        assert f'Table {number}' in (run / f'table{number}.md').read_text()
+
+    sweeps = list(csv.DictReader((run / 'sweeps.csv').open()))
+    assert [(r['sweep'], float(r['alpha'])) for r in sweeps if r['sweep'] == 'alpha'] == [
+        ('alpha', 0.3),
+        ('alpha', 0.6),
+    ]
+    assert {float(r['p']) for r in sweeps if r['sweep'] == 'p'} == {2.0}
+    assert [float(r['gamma']) for r in sweeps if r['sweep'] == 'gamma'] == [1.0, 2.0]
+
+    stored = json.loads((run / 'results.json').read_text())
+    assert 'git_revision' in stored
+    assert stored['preset']['name'] == 'tiny'
+    assert set(stored['timings']) == set(STAGES)
+    for key in ('table1', 'table2'):
+        for row in stored[key]['results'].values():
+            for cell in row.values():
+                assert cell['miou'] is None or 0.0 <= cell['miou'] <= 1.0
+    for row in stored['sweeps']:
+        for key in ('miou_clean', 'miou_s_ae1'):
+            assert row[key] is None or 0.0 <= row[key] <= 1.0
+    assert results['git_revision'] == stored['git_revision']
+
+    # Resume: every stage is skipped, nothing is retrained or rewritten.
+    checkpoints = sorted((run / 'models').glob('*.pt'))
+    mtimes = [p.stat().st_mtime_ns for p in checkpoints]
+    table_mtime = (run / 'table2.csv').stat().st_mtime_ns
+    start = time.perf_counter()
+    code = main(
+        [
+            'experiment',
+            'paper',
+            '--preset',
+            'tiny',
+            '--data',
+            str(tiny_root),
+            '--out',
+            str(tmp_path),
+            '--run',
+            'r',
+            '--device',
+            'cpu',
+            '--quiet',
+            '--stages',
+            'data',
+            'train_teacher',
+            'train_student',
+            'adapt',
+            'ae_sets',
+            'tables',
+            'sweeps',
+        ]
+    )
+    assert code == 0
+    assert time.perf_counter() - start < 15
+    assert [p.stat().st_mtime_ns for p in checkpoints] == mtimes
+    assert (run / 'table2.csv').stat().st_mtime_ns == table_mtime
+    again = json.loads((run / 'results.json').read_text())
+    assert all(t['skipped'] for t in again['timings'].values())

@@ -1,0 +1,111 @@
+"""Figures of ``tsa experiment paper``: the sweep curves (Figs. 2 and 3) and mask overlays.
+
+Matplotlib with the Agg backend (files only, no display). The sweep figures have the paper's
+two panels: clean-image mIoU (performance) and the mIoU ratio S-AE (ε = 1) / clean
+(robustness), both in percent over the swept parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use('Agg')  # headless: the experiment runs on servers and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from tsa_ros.data.cityscapes import LabeledDataset  # noqa: E402
+from tsa_ros.data.labels import IGNORE_ID, colorize  # noqa: E402
+from tsa_ros.fusion import majority_vote  # noqa: E402
+
+__all__ = ['overlays', 'sweep_figure']
+
+_PANELS = (
+    ('miou_clean', 'mean IoU (clean) [%]', 'Performance'),
+    ('ratio_s_ae1', 'mean IoU ratio S-AE ε=1 / clean [%]', 'Robustness'),
+)
+
+
+def _pct(value: Any) -> float:
+    return math.nan if value is None else 100.0 * float(value)
+
+
+def sweep_figure(
+    rows: Sequence[Mapping[str, Any]], sweep: str, path: str | Path, extra: str | None = None
+) -> Path:
+    """Two panels (mIoU, mIoU ratio) over the parameter ``sweep`` of the rows of that sweep.
+
+    ``extra`` names further sweep rows (e.g. ``'p'``) drawn as single markers at their α.
+    """
+    path = Path(path)
+    points = sorted((r for r in rows if r['sweep'] == sweep), key=lambda r: r[sweep])
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, (key, label, title) in zip(axes, _PANELS, strict=True):
+        xs = [r[sweep] for r in points]
+        ax.plot(xs, [_pct(r[key]) for r in points], 'o-', label=f'p = 1, varying {sweep}')
+        for r in rows:
+            if extra and r['sweep'] == extra:
+                ax.plot(r[sweep], _pct(r[key]), 's', label=f'{extra} = {r[extra]:g}')
+        ax.set_xlabel({'alpha': 'α', 'gamma': 'γ'}.get(sweep, sweep))
+        ax.set_ylabel(label)
+        ax.set_title(title)
+        ax.ticklabel_format(axis='y', useOffset=False)  # plain percent, no '+1e2' offset
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def overlays(
+    models: Mapping[str, torch.nn.Module],
+    sets: Mapping[str, LabeledDataset],
+    frames: int,
+    out: str | Path,
+    device: str | torch.device = 'cpu',
+) -> list[Path]:
+    """One PNG per frame: rows = sets (clean, S-AE-1), columns = image, labels, masks.
+
+    ``models`` must hold T, S, A and A+IFM; the fused mask is the majority vote of T, S and
+    A+IFM (T breaks ties), as in Table 2's ``majority`` row.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    shown = ('S', 'A', 'A+IFM')
+    written = []
+    for index in range(frames):
+        fig, axes = plt.subplots(
+            len(sets), 3 + len(shown), figsize=(2.6 * (3 + len(shown)), 1.6 * len(sets) + 0.6)
+        )
+        axes = np.atleast_2d(axes)
+        for row, (set_name, dataset) in enumerate(sets.items()):
+            image, label = dataset[index]
+            with torch.no_grad():
+                x = image.unsqueeze(0).to(device)
+                preds = {n: m(x).argmax(1)[0].cpu().numpy() for n, m in models.items()}
+            fused = majority_vote([preds['T'], preds['S'], preds['A+IFM']], ignore_index=IGNORE_ID)
+            panels = [
+                ('image', image.permute(1, 2, 0).numpy().astype(np.uint8)),
+                ('labels', colorize(label.numpy())),
+                *((n, colorize(preds[n])) for n in shown),
+                ('fused (T, S, A+IFM)', colorize(fused)),
+            ]
+            for col, (title, picture) in enumerate(panels):
+                ax = axes[row, col]
+                ax.imshow(picture)
+                ax.set_title(f'{set_name}: {title}', fontsize=8)
+                ax.axis('off')
+        fig.tight_layout()
+        path = out / f'frame_{index:02d}.png'
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
