@@ -122,3 +122,11 @@ def test_tiny_paper_experiment_end_to_end_and_resume(tiny_root, tmp_path):
     assert (run / 'table2.csv').stat().st_mtime_ns == table_mtime
     again = json.loads((run / 'results.json').read_text())
     assert all(t['skipped'] for t in again['timings'].values())
+
+
+def test_forcing_a_stage_redoes_the_stages_after_it():
+    from tsa_ros.experiments.paper import stages_to_redo
+
+    assert stages_to_redo(['adapt']) == {'adapt', 'ae_sets', 'tables', 'sweeps', 'report'}
+    assert stages_to_redo(['report', 'tables']) == {'tables', 'sweeps', 'report'}
+    assert stages_to_redo([]) == set()

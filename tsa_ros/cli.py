@@ -380,7 +380,12 @@ def _add_experiment_command(sub: argparse._SubParsersAction) -> None:
         '--stages', nargs='+', choices=STAGES, metavar='STAGE', help=f'subset of {STAGES}'
     )
     q.add_argument(
-        '--force', nargs='+', default=[], choices=STAGES, metavar='STAGE', help='redo stages'
+        '--force',
+        nargs='+',
+        default=[],
+        choices=STAGES,
+        metavar='STAGE',
+        help='redo these stages and the ones after them',
     )
     q.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto')
     q.add_argument('--quiet', action='store_true', help='no progress bars')

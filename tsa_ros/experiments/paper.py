@@ -84,6 +84,14 @@ STAGES = (
     'report',
 )
 SPLITS = ('minival', 'minitest')
+
+
+def stages_to_redo(force: Sequence[str]) -> set[str]:
+    """The forced stages and every stage after them: each consumes the outputs before it."""
+    first = min((STAGES.index(stage) for stage in force), default=len(STAGES))
+    return set(STAGES[first:])
+
+
 #: Paper sec. 4.3: α = 0.6, β = 0.5, γ = 1, p = 1 for A+IFM; α = 0 is A without IFM.
 PAPER_LOSS = TSLossConfig(alpha=0.6, beta=0.5, gamma=1.0, p=1.0)
 
@@ -225,7 +233,7 @@ class _Run:
         self.models = self.dir / 'models'
         self.ae = self.dir / 'ae'
         self.markers = self.dir / 'stages'
-        self.force = set(force)
+        self.force = stages_to_redo(force)
         self.progress = progress
         self.device = cfg.device
 
@@ -554,7 +562,8 @@ def run_paper(
         data: data root; default ``OUT/<run>/data``, generated with the preset's data preset
             when it holds no data set.
         stages: the stages to run (default all, in order); others are not touched.
-        force: stages to redo even when finished.
+        force: stages to redo even when finished; the stages after a forced one are redone
+            too, since they consume its outputs.
         device: ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or ``'auto'``.
         progress: progress bars and lines on stderr.
         overrides: :class:`ExperimentPreset` fields to replace (e.g. shorter sweep lists).
