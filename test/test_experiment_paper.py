@@ -2,10 +2,13 @@
 
 import csv
 import json
-import time
+import re
+
+import torch
 
 from tsa_ros.cli import main
 from tsa_ros.experiments.paper import STAGES, run_paper
+from tsa_ros.experiments.report import report_markdown
 
 # Two sweep values each (α = 0.6 and γ = 1 reuse A+IFM, so three new adaptation runs).
 _SHORT = {'alphas': (0.3, 0.6), 'gammas': (1.0, 2.0)}
@@ -85,12 +88,22 @@ def test_tiny_paper_experiment_end_to_end_and_resume(tiny_root, tmp_path):
         for key in ('miou_clean', 'miou_s_ae1'):
             assert row[key] is None or 0.0 <= row[key] <= 1.0
     assert results['git_revision'] == stored['git_revision']
+    assert stored['environment']['torch'] == torch.__version__
+
+    # The report puts our numbers beside the paper's and is rebuilt from results.json alone.
+    report = (run / 'report.md').read_text()
+    assert report == report_markdown(stored)
+    for paper_number in (37.98, 80.51, 53.01, 84.95):  # printed with one decimal
+        assert f' / {paper_number:.1f} ' in report
+    s_clean = 100.0 * stored['table2']['results']['S']['clean']['miou']
+    assert f'| S | {s_clean:.1f} / {64.55:.1f} |' in report
+    assert '![Fig. 2 analogue](fig2_alpha.png)' in report
+    assert '(overlays/frame_00.png)' in report
 
     # Resume: every stage is skipped, nothing is retrained or rewritten.
     checkpoints = sorted((run / 'models').glob('*.pt'))
     mtimes = [p.stat().st_mtime_ns for p in checkpoints]
     table_mtime = (run / 'table2.csv').stat().st_mtime_ns
-    start = time.perf_counter()
     code = main(
         [
             'experiment',
@@ -106,6 +119,8 @@ def test_tiny_paper_experiment_end_to_end_and_resume(tiny_root, tmp_path):
             '--device',
             'cpu',
             '--quiet',
+            '--publish',
+            str(tmp_path / 'published'),
             '--stages',
             'data',
             'train_teacher',
@@ -117,11 +132,21 @@ def test_tiny_paper_experiment_end_to_end_and_resume(tiny_root, tmp_path):
         ]
     )
     assert code == 0
-    assert time.perf_counter() - start < 15
     assert [p.stat().st_mtime_ns for p in checkpoints] == mtimes
     assert (run / 'table2.csv').stat().st_mtime_ns == table_mtime
     again = json.loads((run / 'results.json').read_text())
     assert all(t['skipped'] for t in again['timings'].values())
+    assert again['command'].startswith('tsa experiment paper --preset tiny --data ')
+
+    # --publish copies the report with every file it links, and no checkpoints.
+    published = tmp_path / 'published'
+    text = (published / 'report.md').read_text()
+    links = re.findall(r'\]\(([^)]+)\)', text)
+    assert 'fig3_gamma.png' in links
+    for link in links:
+        assert (published / link).is_file(), link
+    assert (published / 'results.json').is_file()
+    assert not list(published.rglob('*.pt'))
 
 
 def test_forcing_a_stage_redoes_the_stages_after_it():

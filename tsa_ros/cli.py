@@ -389,6 +389,11 @@ def _add_experiment_command(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto')
     q.add_argument('--quiet', action='store_true', help='no progress bars')
+    q.add_argument(
+        '--publish',
+        metavar='DIR',
+        help='copy report.md, results.json, tables, plots and overlays into DIR afterwards',
+    )
     q.set_defaults(func=main_from_args)
 
 
@@ -433,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given, recorded by commands that write results
     if not getattr(args, 'func', None):
         parser.print_help()
         return 0

@@ -22,6 +22,7 @@ Output ``OUT/<run>/``::
     sweeps.csv         one line per (α, β, γ, p): clean mIoU and S-AE-1 ratio on minival
     fig2_alpha.png, fig3_gamma.png, overlays/frame_*.png
     results.json       every number, the config, the preset, stage timings, git revision
+    report.md          the tables beside the paper's numbers, sweeps, figures, timings
 
 Time budget of the ``default`` preset on a 2-core CPU (256x128 input, batch 3; ERFNet
 ≈ 0.3 s per training step, DeepLabV3+ ResNet-18 ≈ 3x that, an adaptation step ≈ 0.5 s as it
@@ -49,6 +50,9 @@ import csv
 import dataclasses
 import json
 import math
+import os
+import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -64,6 +68,7 @@ from tsa_ros.data.generate import PRESETS as DATA_PRESETS
 from tsa_ros.data.generate import generate
 from tsa_ros.experiments.adapt import AdaptConfig, adapt
 from tsa_ros.experiments.ae_sets import make_ae_set
+from tsa_ros.experiments.report import publish, report_markdown
 from tsa_ros.experiments.tables import FUSION_ROWS, STANDARD_SETS, evaluate, ratio_table
 from tsa_ros.learning.losses import TSLossConfig
 from tsa_ros.learning.online import LearnerConfig, resolve_device
@@ -216,6 +221,18 @@ def git_revision() -> str | None:
     return out.stdout.strip() or None
 
 
+def environment() -> dict[str, Any]:
+    """What the timings depend on: torch version, threads, CPU count, platform."""
+    return {
+        'torch': torch.__version__,
+        'threads': torch.get_num_threads(),
+        'cpu_count': os.cpu_count(),
+        'platform': platform.platform(),
+        'python': platform.python_version(),
+        'cuda': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
 def _log(message: str) -> None:
     print(f'[tsa experiment] {message}', file=sys.stderr, flush=True)
 
@@ -236,6 +253,7 @@ class _Run:
         self.force = stages_to_redo(force)
         self.progress = progress
         self.device = cfg.device
+        self.revision = git_revision()
 
     # ----------------------------------------------------------------------------- markers
     def marker(self, stage: str) -> Path:
@@ -249,7 +267,12 @@ class _Run:
 
     def finish(self, stage: str, seconds: float, **info: Any) -> dict[str, Any]:
         self.markers.mkdir(parents=True, exist_ok=True)
-        record = {'stage': stage, 'seconds': round(seconds, 2), **info}
+        record = {
+            'stage': stage,
+            'seconds': round(seconds, 2),
+            'git_revision': self.revision,
+            **info,
+        }
         self.marker(stage).write_text(json.dumps(record, indent=2))
         return record
 
@@ -552,6 +575,7 @@ def run_paper(
     progress: bool = True,
     overrides: dict[str, Any] | None = None,
     log: Callable[[str], None] = _log,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the paper's experiment; returns the ``results.json`` content.
 
@@ -568,6 +592,7 @@ def run_paper(
         progress: progress bars and lines on stderr.
         overrides: :class:`ExperimentPreset` fields to replace (e.g. shorter sweep lists).
         log: sink of one line per stage.
+        command: the command line that started the run, stored in ``results.json``.
     """
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -608,14 +633,17 @@ def run_paper(
     results = {
         'paper': 'Bär et al. 2019, sec. 4 (Tables 1-2, Figs. 2-3)',
         'git_revision': git_revision(),
+        'command': command,
+        'environment': environment(),
         'preset': dataclasses.asdict(preset),
         'config': dataclasses.asdict(runner.cfg),
         'timings': timings,
         **_numbers(run_dir),
     }
-    (run_dir / 'results.json').write_text(
-        json.dumps(results, indent=2, default=_json_default) + '\n'
-    )
+    text = json.dumps(results, indent=2, default=_json_default) + '\n'
+    (run_dir / 'results.json').write_text(text)
+    # The report is built from the JSON as written, exactly as a reader of the file would.
+    (run_dir / 'report.md').write_text(report_markdown(json.loads(text)))
     return results
 
 
@@ -630,11 +658,15 @@ def main_from_args(args: Any) -> int:
         force=args.force,
         device=args.device,
         progress=not args.quiet,
+        command=shlex.join(['tsa', *getattr(args, 'argv', [])]),
     )
     run_dir = Path(results['config']['run_dir'])
     for number in (1, 2):
         table = run_dir / f'table{number}.md'
         if table.is_file():
             print(table.read_text())
-    print(f'wrote {run_dir / "results.json"}')
+    print(f'wrote {run_dir / "results.json"} and {run_dir / "report.md"}')
+    if args.publish:
+        copied = publish(run_dir, args.publish)
+        print(f'published {len(copied)} files to {args.publish}')
     return 0
