@@ -155,3 +155,17 @@ def test_forcing_a_stage_redoes_the_stages_after_it():
     assert stages_to_redo(['adapt']) == {'adapt', 'ae_sets', 'tables', 'sweeps', 'report'}
     assert stages_to_redo(['report', 'tables']) == {'tables', 'sweeps', 'report'}
     assert stages_to_redo([]) == set()
+
+
+def test_a_rerun_with_the_same_seed_trains_identical_networks(tiny_root, tmp_path):
+    """Same seed, same machine: T, S, A and A+IFM come out bit-identical (re-run check)."""
+    from tsa_ros.models import load_checkpoint
+
+    stages = ['data', 'train_teacher', 'train_student', 'adapt']
+    for run in ('first', 'second'):
+        run_paper('tiny', out=tmp_path, run=run, data=tiny_root, stages=stages, progress=False)
+    for name in ('teacher', 'student', 'adaptive', 'adaptive_ifm'):
+        first, _ = load_checkpoint(tmp_path / 'first' / 'models' / f'{name}.pt')
+        second, _ = load_checkpoint(tmp_path / 'second' / 'models' / f'{name}.pt')
+        for key, value in first.state_dict().items():
+            assert torch.equal(value, second.state_dict()[key]), (name, key)
