@@ -24,24 +24,21 @@ Output ``OUT/<run>/``::
     results.json       every number, the config, the preset, stage timings, git revision
     report.md          the tables beside the paper's numbers, sweeps, figures, timings
 
-Time budget of the ``default`` preset on a 2-core CPU (256x128 input, batch 3; ERFNet
-≈ 0.3 s per training step, DeepLabV3+ ResNet-18 ≈ 3x that, an adaptation step ≈ 0.5 s as it
-adds T's forward pass and the feature terms to S's step). These are estimates, not
-measurements of this preset:
+Time budget of the ``default`` preset on a 2-core CPU (256x128 input, batch 3), measured in
+the run of ``docs/results.md`` (``results.json`` → ``timings``):
 
-* data: 3,260 synthetic frames at 512x256 ≈ 5 min.
-* T: 1,500 steps x ≈ 0.9 s ≈ 23 min. ResNet-18, not the paper's ResNet-50: ResNet-50 is
-  ≈ 2-3x slower again and would take the whole budget alone; the teacher only has to be the
-  stronger, independent network, which ResNet-18 DeepLabV3+ still is against ERFNet.
-* S: 3,000 steps x 0.3 s = 15 min.
-* A and A+IFM: 2 x 1,000 steps x 0.5 s ≈ 17 min.
-* AE sets: 260 frames (60 minival + 200 minitest); ε = 10 takes 12 iterations: T ≈ 260 x
-  12 x 0.15 s ≈ 8 min, S ≈ 3 min, ε = 1 and clean ≈ 1 min.
-* tables: 1,300 frames x (T + 3 ERFNets) forward ≈ 4 min.
-* Tables 1 + 2 in total ≈ 75 min (< 90 min).
+* data: generated beforehand by ``tsa data synth`` (3,300 frames at 512x256, 3.4 min).
+* T (DeepLabV3+ ResNet-18, 1,500 steps): 18.7 min, 0.75 s/step. Not the paper's ResNet-50:
+  that is ≈ 2-3x slower again and would take the whole budget alone; the teacher only has to
+  be the stronger, independent network, which ResNet-18 DeepLabV3+ still is against ERFNet.
+* S (ERFNet, 3,000 steps): 15.6 min, 0.31 s/step.
+* A and A+IFM (2 x 1,000 steps): 20.7 min, 0.62 s/step (T's forward pass and the feature
+  terms on top of S's step).
+* AE sets (260 frames, ε = 1 and 10 on T and S): 9.9 min. Tables: 5.1 min.
+* Tables 1 + 2 in total: 70 min (< 90 min).
 * sweeps: α ∈ {0, 0.2, 0.4, 0.6, 0.8, 0.9} reuses A (α = 0) and A+IFM (α = 0.6); new runs
-  α = 0.2, 0.4, 0.8, 0.9, p = 2, γ = 0.5, 2: 7 x 8.5 min ≈ 60 min, plus 7 evaluations of
-  120 frames ≈ 2 min (< 2 h).
+  α = 0.2, 0.4, 0.8, 0.9, p = 2, γ = 0.5, 2: 7 adaptation runs of ≈ 8.5 min plus their
+  evaluations (< 2 h).
 """
 
 from __future__ import annotations
