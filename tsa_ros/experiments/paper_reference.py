@@ -7,13 +7,13 @@ ratio adversarial / clean on Cityscapes mini validation (Lindau, 59 images) and 
 
 from __future__ import annotations
 
-__all__ = ['CLEAN_MIOU', 'SWEEP_POINTS', 'TABLES']
+from tsa_ros.experiments.tables import STANDARD_SETS
 
-_SETS = ('clean', 'T-AE-1', 'T-AE-10', 'S-AE-1', 'S-AE-10')
+__all__ = ['CLEAN_MIOU', 'SWEEP_POINTS', 'TABLES']
 
 
 def _row(*ratios: float) -> dict[str, float]:
-    return dict(zip(_SETS, ratios, strict=True))
+    return dict(zip(STANDARD_SETS, ratios, strict=True))
 
 
 #: Table number -> network -> set -> mIoU ratio in %.

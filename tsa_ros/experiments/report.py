@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tsa_ros.experiments.paper_reference import CLEAN_MIOU, SWEEP_POINTS, TABLES
+from tsa_ros.experiments.tables import STANDARD_SETS
+from tsa_ros.metrics import miou_ratio
 
 __all__ = ['PUBLISHED', 'publish', 'report_markdown']
 
@@ -28,7 +30,6 @@ PUBLISHED = (
     'overlays/*.png',
 )
 
-_SETS = ('clean', 'T-AE-1', 'T-AE-10', 'S-AE-1', 'S-AE-10')
 _HEADERS = ('clean mIoU', 'T-AE ε=1', 'T-AE ε=10', 'S-AE ε=1', 'S-AE ε=10')
 _TABLE_STAGES = ('data', 'train_teacher', 'train_student', 'adapt', 'ae_sets', 'tables')
 _SPLIT_NAMES = {'minival': 'mini validation', 'minitest': 'mini test'}
@@ -43,7 +44,7 @@ def _ours(table: Mapping[str, Any], row: str, column: str) -> tuple[float | None
     cells = table['results'][row]
     miou = cells.get(column, {}).get('miou')
     clean = cells.get('clean', {}).get('miou')
-    ratio = None if miou is None or not clean else 100.0 * miou / clean
+    ratio = None if miou is None or clean is None else 100.0 * miou_ratio(miou, clean)
     return (None if miou is None else 100.0 * miou), ratio
 
 
@@ -61,7 +62,7 @@ def _table(number: int, table: Mapping[str, Any]) -> list[str]:
     paper_clean = CLEAN_MIOU.get(number, {})
     for row in table['rows']:
         cells = []
-        for column in _SETS:
+        for column in STANDARD_SETS:
             miou, ratio = _ours(table, row, column)
             if column == 'clean':
                 ours, paper = miou, paper_clean.get(row)
