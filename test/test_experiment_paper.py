@@ -163,3 +163,50 @@ def test_a_rerun_with_the_same_seed_trains_identical_networks(tiny_root, tmp_pat
         second, _ = load_checkpoint(tmp_path / 'second' / 'models' / f'{name}.pt')
         for key, value in first.state_dict().items():
             assert torch.equal(value, second.state_dict()[key]), (name, key)
+
+
+def test_compare_reports_identical_runs_and_the_largest_difference(tmp_path, capsys):
+    from tsa_ros.experiments.compare import compare_results
+
+    def run(s_clean, s_ae10, sweep_ratio):
+        cells = {'clean': {'miou': s_clean}, 'S-AE-10': {'miou': s_ae10}}
+        return {
+            'preset': {'name': 'default', 'seed': 0},
+            'table2': {'results': {'S': cells}},
+            'sweeps': [
+                {
+                    'sweep': 'alpha',
+                    'alpha': 0.2,
+                    'gamma': 1.0,
+                    'p': 1.0,
+                    'miou_clean': 0.2,
+                    'ratio_s_ae1': sweep_ratio,
+                },
+            ],
+            'timings': {'adapt': {'seconds': 600.0}},
+        }
+
+    first, second = run(0.20, 0.05, 0.97), run(0.20, 0.06, 0.97)
+    diffs = {(d.group, d.name): d.delta for d in compare_results(first, second)}
+    assert diffs[('table2 mIoU', 'S clean')] == 0.0
+    assert abs(diffs[('table2 mIoU', 'S S-AE-10')] - 1.0) < 1e-9
+    assert abs(diffs[('table2 ratio', 'S S-AE-10')] - 5.0) < 1e-9  # 25 % vs 30 %
+    assert diffs[('sweeps S-AE-1 ratio', 'alpha α=0.2 γ=1 p=1')] == 0.0
+
+    for name, results in (('a', first), ('b', second), ('c', first)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / 'results.json').write_text(json.dumps(results))
+    same = main(['experiment', 'compare', str(tmp_path / 'a'), str(tmp_path / 'c')])
+    assert same == 0
+    assert 'largest difference 0.00 points' in capsys.readouterr().out
+    differ = main(['experiment', 'compare', str(tmp_path / 'a'), str(tmp_path / 'b')])
+    out = capsys.readouterr().out
+    assert differ == 1
+    assert '| table2 ratio: S S-AE-10 | 25.00 | 30.00 | 5.00 |' in out
+    within = main(
+        ['experiment', 'compare', str(tmp_path / 'a'), str(tmp_path / 'b'), '--tolerance', '5']
+    )
+    assert within == 0
+    # A folder without results gets one clear line, not a traceback.
+    assert main(['experiment', 'compare', str(tmp_path), str(tmp_path / 'a')]) == 2
+    assert 'holds no results.json' in capsys.readouterr().err

@@ -396,6 +396,21 @@ def _add_experiment_command(sub: argparse._SubParsersAction) -> None:
     )
     q.set_defaults(func=main_from_args)
 
+    from tsa_ros.experiments import compare
+
+    q = which.add_parser(
+        'compare', help='compare the tables and sweeps of two runs (re-run within noise?)'
+    )
+    q.add_argument('a', help='run folder or results.json')
+    q.add_argument('b', help='run folder or results.json')
+    q.add_argument(
+        '--tolerance',
+        type=float,
+        default=0.0,
+        help='largest allowed difference in percentage points (exit 1 beyond it)',
+    )
+    q.set_defaults(func=compare.main_from_args)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
