@@ -210,3 +210,13 @@ def test_compare_reports_identical_runs_and_the_largest_difference(tmp_path, cap
     # A folder without results gets one clear line, not a traceback.
     assert main(['experiment', 'compare', str(tmp_path), str(tmp_path / 'a')]) == 2
     assert 'holds no results.json' in capsys.readouterr().err
+
+
+def test_a_report_without_sweeps_is_refused_before_any_stage_runs(tmp_path, capsys):
+    code = main(
+        ['experiment', 'paper', '--preset', 'tiny', '--out', str(tmp_path), '--run', 'r']
+        + ['--stages', 'data', 'train_teacher', 'report', '--quiet']
+    )
+    assert code == 2
+    assert "select 'sweeps' too" in capsys.readouterr().err
+    assert not (tmp_path / 'r' / 'data').exists()  # nothing was generated or trained

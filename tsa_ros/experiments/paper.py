@@ -601,6 +601,15 @@ def run_paper(
         if stage not in STAGES:
             raise ValueError(f'unknown stage {stage!r}; choose from {STAGES}')
     run_dir = Path(out) / (run or preset.name)
+    sweeps_done = (
+        run_dir / 'stages' / 'sweeps.json'
+    ).is_file() and 'sweeps' not in stages_to_redo(force)
+    if 'report' in selected and 'sweeps' not in selected and not sweeps_done:
+        # Checked before any stage runs: the report draws Figs. 2-3 from the sweeps.
+        raise ValueError(
+            "stage 'report' plots the sweeps, which have not run: select 'sweeps' too, "
+            "or leave 'report' out (results.json is written either way)"
+        )
     data_root = Path(data) if data is not None else run_dir / 'data'
     dev = str(resolve_device(device))
     run_dir.mkdir(parents=True, exist_ok=True)
