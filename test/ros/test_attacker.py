@@ -51,8 +51,12 @@ def frame():
 
 
 def send(ros, pub, msg, condition):
-    """Publish (again every 2 s: the camera QoS is best effort) until ``condition``."""
-    for _ in range(15):
+    """Publish (again every 2 s: the camera QoS is best effort) until ``condition``.
+
+    Up to a minute: on a loaded 2-core machine the first attack (model build included) has
+    taken over 30 s; this checks what comes out, not how fast.
+    """
+    for _ in range(30):
         pub.publish(msg)
         if ros.wait_for(condition, timeout=2.0):
             return True
