@@ -75,6 +75,7 @@ def test_tiny_paper_experiment_end_to_end_and_resume(tiny_root, tmp_path):
     ]
     assert {float(r['p']) for r in sweeps if r['sweep'] == 'p'} == {2.0}
     assert [float(r['gamma']) for r in sweeps if r['sweep'] == 'gamma'] == [1.0, 2.0]
+    assert {'ratio_s_ae1', 'miou_s_ae10', 'ratio_s_ae10'} <= set(sweeps[0])
 
     stored = json.loads((run / 'results.json').read_text())
     assert 'git_revision' in stored
@@ -85,7 +86,7 @@ def test_tiny_paper_experiment_end_to_end_and_resume(tiny_root, tmp_path):
             for cell in row.values():
                 assert cell['miou'] is None or 0.0 <= cell['miou'] <= 1.0
     for row in stored['sweeps']:
-        for key in ('miou_clean', 'miou_s_ae1'):
+        for key in ('miou_clean', 'miou_s_ae1', 'miou_s_ae10'):
             assert row[key] is None or 0.0 <= row[key] <= 1.0
     assert results['git_revision'] == stored['git_revision']
     assert stored['environment']['torch'] == torch.__version__
@@ -98,6 +99,7 @@ def test_tiny_paper_experiment_end_to_end_and_resume(tiny_root, tmp_path):
     s_clean = 100.0 * stored['table2']['results']['S']['clean']['miou']
     assert f'| S | {s_clean:.1f} / {64.55:.1f} |' in report
     assert '![Fig. 2 analogue](fig2_alpha.png)' in report
+    assert '| S-AE ε=10 ratio % (ours) |' in report
     assert '(overlays/frame_00.png)' in report
 
     # Resume: every stage is skipped, nothing is retrained or rewritten.
@@ -141,6 +143,27 @@ def test_tiny_paper_experiment_end_to_end_and_resume(tiny_root, tmp_path):
         assert (published / link).is_file(), link
     assert (published / 'results.json').is_file()
     assert not list(published.rglob('*.pt'))
+
+    # A sweep point finished by code before the ε = 10 column (an interrupted sweeps stage)
+    # is re-evaluated on resume, without adapting its network again.
+    point = next((run / 'stages').glob('sweep_*.json'))
+    record = json.loads(point.read_text())
+    old = {k: v for k, v in record.items() if not k.endswith('s_ae10')}
+    point.write_text(json.dumps(old))
+    (run / 'stages' / 'sweeps.json').unlink()
+    checkpoint = run / 'models' / f'{record["checkpoint"]}.pt'
+    mtime = checkpoint.stat().st_mtime_ns
+    run_paper(
+        'tiny',
+        out=tmp_path,
+        run='r',
+        data=tiny_root,
+        stages=['sweeps'],
+        progress=False,
+        overrides=_SHORT,
+    )
+    assert checkpoint.stat().st_mtime_ns == mtime
+    assert json.loads(point.read_text())['ratio_s_ae10'] == record['ratio_s_ae10']
 
 
 def test_forcing_a_stage_redoes_the_stages_after_it():
@@ -207,6 +230,19 @@ def test_compare_reports_identical_runs_and_the_largest_difference(tmp_path, cap
         ['experiment', 'compare', str(tmp_path / 'a'), str(tmp_path / 'b'), '--tolerance', '5']
     )
     assert within == 0
+    # A whole group only one run has (the sweeps' ε = 10 ratio, newer than the first
+    # published run) is listed, not gated; a missing cell inside a shared group fails.
+    newer = json.loads(json.dumps(first))
+    newer['sweeps'][0]['ratio_s_ae10'] = 0.5
+    (tmp_path / 'n').mkdir()
+    (tmp_path / 'n' / 'results.json').write_text(json.dumps(newer))
+    assert main(['experiment', 'compare', str(tmp_path / 'a'), str(tmp_path / 'n')]) == 0
+    assert 'sweeps S-AE-10 ratio | only in ' in capsys.readouterr().out
+    del newer['table2']['results']['S']['S-AE-10']
+    (tmp_path / 'n' / 'results.json').write_text(json.dumps(newer))
+    assert main(['experiment', 'compare', str(tmp_path / 'a'), str(tmp_path / 'n')]) == 1
+    capsys.readouterr()
+
     # A folder without results gets one clear line, not a traceback.
     assert main(['experiment', 'compare', str(tmp_path), str(tmp_path / 'a')]) == 2
     assert 'holds no results.json' in capsys.readouterr().err

@@ -1,8 +1,9 @@
 """Figures of ``tsa experiment paper``: the sweep curves (Figs. 2 and 3) and mask overlays.
 
 Matplotlib with the Agg backend (files only, no display). The sweep figures have the paper's
-two panels: clean-image mIoU (performance) and the mIoU ratio S-AE (ε = 1) / clean
-(robustness), both in percent over the swept parameter.
+two panels, clean-image mIoU (performance) and the mIoU ratio S-AE (ε = 1) / clean
+(robustness), plus a third of ours, the ratio at ε = 10; all in percent over the swept
+parameter. Rows without a panel's number (runs before the ε = 10 column) leave it empty.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ __all__ = ['overlays', 'sweep_figure']
 
 _PANELS = (
     ('miou_clean', 'mean IoU (clean) [%]', 'Performance'),
-    ('ratio_s_ae1', 'mean IoU ratio S-AE ε=1 / clean [%]', 'Robustness'),
+    ('ratio_s_ae1', 'mean IoU ratio S-AE ε=1 / clean [%]', 'Robustness (paper: ε = 1)'),
+    ('ratio_s_ae10', 'mean IoU ratio S-AE ε=10 / clean [%]', 'Robustness, ε = 10 (ours)'),
 )
 
 
@@ -39,19 +41,19 @@ def _pct(value: Any) -> float:
 def sweep_figure(
     rows: Sequence[Mapping[str, Any]], sweep: str, path: str | Path, extra: str | None = None
 ) -> Path:
-    """Two panels (mIoU, mIoU ratio) over the parameter ``sweep`` of the rows of that sweep.
+    """Panels (mIoU, mIoU ratios) over the parameter ``sweep`` of the rows of that sweep.
 
     ``extra`` names further sweep rows (e.g. ``'p'``) drawn as single markers at their α.
     """
     path = Path(path)
     points = sorted((r for r in rows if r['sweep'] == sweep), key=lambda r: r[sweep])
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, axes = plt.subplots(1, len(_PANELS), figsize=(4.5 * len(_PANELS), 3.6))
     for ax, (key, label, title) in zip(axes, _PANELS, strict=True):
         xs = [r[sweep] for r in points]
-        ax.plot(xs, [_pct(r[key]) for r in points], 'o-', label=f'p = 1, varying {sweep}')
+        ax.plot(xs, [_pct(r.get(key)) for r in points], 'o-', label=f'p = 1, varying {sweep}')
         for r in rows:
             if extra and r['sweep'] == extra:
-                ax.plot(r[sweep], _pct(r[key]), 's', label=f'{extra} = {r[extra]:g}')
+                ax.plot(r[sweep], _pct(r.get(key)), 's', label=f'{extra} = {r[extra]:g}')
         ax.set_xlabel({'alpha': 'α', 'gamma': 'γ'}.get(sweep, sweep))
         ax.set_ylabel(label)
         ax.set_title(title)

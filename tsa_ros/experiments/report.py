@@ -80,17 +80,21 @@ def _sweeps(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [
         '### Sweeps (Figs. 2-3): mini validation set, β = 0.5',
         '',
-        '| sweep | α | γ | p | clean mIoU % (ours / paper) | S-AE ε=1 ratio % (ours / paper) |',
-        '|---|---:|---:|---:|---:|---:|',
+        '| sweep | α | γ | p | clean mIoU % (ours / paper) | S-AE ε=1 ratio % (ours / paper) '
+        '| S-AE ε=10 ratio % (ours) |',
+        '|---|---:|---:|---:|---:|---:|---:|',
     ]
     for row in rows:
         key = (float(row['alpha']), float(row['gamma']), float(row['p']))
         paper = SWEEP_POINTS.get(key, (None, None))
         clean = None if row['miou_clean'] is None else 100.0 * row['miou_clean']
         ratio = None if row['ratio_s_ae1'] is None else 100.0 * row['ratio_s_ae1']
+        ratio10 = row.get('ratio_s_ae10')  # absent in runs before the ε = 10 column
+        ratio10 = None if ratio10 is None else 100.0 * ratio10
         lines.append(
             f'| {row["sweep"]} | {row["alpha"]:g} | {row["gamma"]:g} | {row["p"]:g} | '
-            f'{_pct(clean)} / {_pct(paper[0])} | {_pct(ratio)} / {_pct(paper[1])} |'
+            f'{_pct(clean)} / {_pct(paper[0])} | {_pct(ratio)} / {_pct(paper[1])} | '
+            f'{_pct(ratio10)} |'
         )
     figures = ['![Fig. 2 analogue](fig2_alpha.png)', '', '![Fig. 3 analogue](fig3_gamma.png)']
     return [*lines, '', *figures, '']
