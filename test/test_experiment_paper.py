@@ -206,12 +206,13 @@ def test_compare_reports_identical_runs_and_the_largest_difference(tmp_path, cap
                     'ratio_s_ae1': sweep_ratio,
                 },
             ],
-            'timings': {'adapt': {'seconds': 600.0}},
+            'timings': {'adapt': {'seconds': 600.0}, 'train_student': {'miou': 0.2}},
         }
 
     first, second = run(0.20, 0.05, 0.97), run(0.20, 0.06, 0.97)
     diffs = {(d.group, d.name): d.delta for d in compare_results(first, second)}
     assert diffs[('table2 mIoU', 'S clean')] == 0.0
+    assert diffs[('training minival mIoU', 'train_student')] == 0.0
     assert abs(diffs[('table2 mIoU', 'S S-AE-10')] - 1.0) < 1e-9
     assert abs(diffs[('table2 ratio', 'S S-AE-10')] - 5.0) < 1e-9  # 25 % vs 30 %
     assert diffs[('sweeps S-AE-1 ratio', 'alpha α=0.2 γ=1 p=1')] == 0.0
