@@ -90,6 +90,7 @@ def test_tiny_paper_experiment_end_to_end_and_resume(tiny_root, tmp_path):
             assert row[key] is None or 0.0 <= row[key] <= 1.0
     assert results['git_revision'] == stored['git_revision']
     assert stored['environment']['torch'] == torch.__version__
+    assert stored['environment']['cpu_capability'] == torch.backends.cpu.get_cpu_capability()
 
     # The report puts our numbers beside the paper's and is rebuilt from results.json alone.
     report = (run / 'report.md').read_text()

@@ -234,11 +234,29 @@ def git_revision() -> str | None:
     return out.stdout.strip() or None
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux); None where it cannot be read."""
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass  # not Linux: platform.processor() below is the best there is
+    return platform.processor() or None
+
+
 def environment() -> dict[str, Any]:
-    """What the timings depend on: torch version, threads, CPU count, platform."""
+    """What the timings and the last bits of the numbers depend on.
+
+    Torch version, threads, CPU model and the SIMD level torch dispatches to (kernels of
+    another level sum in another order, so two machines train slightly different networks
+    from the same seed), CPU count, platform.
+    """
     return {
         'torch': torch.__version__,
         'threads': torch.get_num_threads(),
+        'cpu': _cpu_model(),
+        'cpu_capability': torch.backends.cpu.get_cpu_capability(),
         'cpu_count': os.cpu_count(),
         'platform': platform.platform(),
         'python': platform.python_version(),

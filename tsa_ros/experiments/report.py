@@ -128,7 +128,8 @@ def report_markdown(results: Mapping[str, Any], command: str | None = None) -> s
         '',
         f'- git revision: `{results.get("git_revision")}`',
         f'- device: `{config.get("device")}`'
-        + (f', torch {env["torch"]}, {env["threads"]} threads' if env else ''),
+        + (f', torch {env["torch"]}, {env["threads"]} threads' if env else '')
+        + (f', CPU {env["cpu"]} ({env.get("cpu_capability")})' if env.get('cpu') else ''),
         f'- data: `{config.get("data")}`, network input {config.get("input_size")} (H, W)',
         f'- teacher DeepLabV3+ {preset.get("teacher_backbone")} {preset.get("teacher_steps")} '
         f'steps, student ERFNet {preset.get("student_steps")} steps (batch '
