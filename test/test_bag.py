@@ -302,7 +302,7 @@ def test_codec_encodings():
     msg = rgb_to_image_msg(mono, 0, encoding='mono8')
     np.testing.assert_array_equal(image_to_mono(msg), mono)
     np.testing.assert_array_equal(image_to_rgb(msg), np.stack([mono] * 3, axis=-1))
-    with pytest.raises(ValueError, match='mono8 needs a uint8 \\(H, W\\) array'):
+    with pytest.raises(ValueError, match='mono8 needs an \\(H, W\\) array'):
         rgb_to_image_msg(rgb, 0, encoding='mono8')
     with pytest.raises(ValueError, match="expected a mono8 image, got encoding 'bgr8'"):
         image_to_mono(bgr)

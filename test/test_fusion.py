@@ -10,8 +10,10 @@ from hypothesis.extra import numpy as hnp
 from tsa_ros.fusion import (
     FusionConfig,
     FusionResult,
+    SizeMismatchError,
     disagreement,
     fuse,
+    fuse_roles,
     majority_vote,
     posterior_fusion,
     posterior_fusion_labels,
@@ -321,3 +323,64 @@ def test_vote_properties(stack):
     # Ignore only where nobody voted (teacher rule always resolves ties).
     no_vote = (stack == IGN).all(axis=0)
     np.testing.assert_array_equal(res['teacher'] == IGN, no_vote)
+
+
+# --------------------------------------------------------------------------- fuse_roles
+ROLES = ('teacher', 'student', 'adaptive')
+
+
+def _onehot(labels, classes=3, scale=1):
+    """(C, h, w) posteriors that put all mass on ``labels``, downsampled by ``scale``."""
+    probs = np.eye(classes, dtype=np.float32)[labels].transpose(2, 0, 1)
+    return probs[:, ::scale, ::scale]
+
+
+def test_fuse_roles_keeps_priority_order_of_the_present_roles():
+    a = np.zeros((2, 2), np.uint8)
+    b = np.ones((2, 2), np.uint8)
+    cfg = FusionConfig(num_classes=3)
+    # Given out of order, without the student: the teacher still breaks the 1:1 tie.
+    out = fuse_roles(ROLES, {'adaptive': b, 'teacher': a}, None, cfg)
+    assert out.roles == ('teacher', 'adaptive')
+    np.testing.assert_array_equal(out.result.labels, a)
+    assert out.lacking_posteriors == () and out.config.mode == 'majority'
+
+
+def test_fuse_roles_falls_back_to_a_majority_vote_without_posteriors():
+    labels = {r: np.full((4, 4), i % 2, np.uint8) for i, r in enumerate(ROLES)}
+    probs = {'teacher': _onehot(labels['teacher']), 'student': None, 'adaptive': None}
+    cfg = FusionConfig(mode='posterior', tie='posterior', weights=(1, 1, 1), num_classes=3)
+    out = fuse_roles(ROLES, labels, probs, cfg)
+    assert out.lacking_posteriors == ('student', 'adaptive')
+    assert (out.config.mode, out.config.tie, out.config.weights) == ('majority', 'teacher', None)
+    np.testing.assert_array_equal(out.result.labels, np.zeros((4, 4)))  # 2 votes for 0
+
+
+def test_fuse_roles_weights_follow_the_present_roles_and_posteriors_are_resampled():
+    labels = {'teacher': np.zeros((4, 4), np.uint8), 'adaptive': np.ones((4, 4), np.uint8)}
+    # Posteriors at half the label size, as the segmenters send them.
+    probs = {r: _onehot(lab, scale=2) for r, lab in labels.items()}
+    cfg = FusionConfig(mode='posterior', weights=(1.0, 5.0, 3.0), num_classes=3)
+    out = fuse_roles(ROLES, labels, probs, cfg)
+    assert out.config.weights == (1.0, 3.0)  # teacher's and adaptive's
+    np.testing.assert_array_equal(out.result.labels, np.ones((4, 4)))  # A outweighs T
+    assert out.suspected_role == 'teacher'
+
+
+def test_fuse_roles_names_bad_input():
+    cfg = FusionConfig(num_classes=3)
+    with pytest.raises(SizeMismatchError, match='teacher 2x2, student 3x2'):
+        fuse_roles(
+            ROLES,
+            {'teacher': np.zeros((2, 2), np.uint8), 'student': np.zeros((2, 3), np.uint8)},
+            None,
+            cfg,
+        )
+    with pytest.raises(ValueError, match="unknown role.*'oracle'"):
+        fuse_roles(ROLES, {'oracle': np.zeros((2, 2), np.uint8)}, None, cfg)
+    with pytest.raises(ValueError, match='no role'):
+        fuse_roles(ROLES, {}, None, cfg)
+    bad = FusionConfig(mode='posterior', weights=(1.0, 1.0), num_classes=3)
+    ones = {'teacher': np.zeros((2, 2), np.uint8)}
+    with pytest.raises(ValueError, match='2 fusion weights for 3 roles'):
+        fuse_roles(ROLES, ones, {'teacher': _onehot(ones['teacher'])}, bad)

@@ -54,6 +54,19 @@ def test_cli_student_run_writes_checkpoint_and_log(tiny_root, tmp_path, capsys):
     assert 'step 6' in capsys.readouterr().out
 
 
+def test_kept_steps_are_copies_of_the_checkpoint_at_that_step(tiny_root, tmp_path):
+    out = tmp_path / 'run'
+    train(_small(steps=4, keep_steps=[3, 1]), tiny_root, out, device='cpu', progress=False)
+    assert sorted(p.name for p in out.glob('student.step*.pt')) == [
+        'student.step1.pt',
+        'student.step3.pt',
+    ]
+    _, meta = load_checkpoint(out / 'student.step3.pt')
+    assert meta['extra']['step'] == 3 and meta['extra']['steps'] == 4
+    with pytest.raises(ValueError, match='keep_steps'):
+        TrainConfig(keep_steps=(0,))
+
+
 def test_cli_rejects_bad_input(tmp_path, capsys):
     missing = tmp_path / 'nowhere'
     args = ['train', '--role', 'student', '--data', str(missing), '--out', str(tmp_path)]

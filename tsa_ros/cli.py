@@ -146,9 +146,9 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _device(name: str | None) -> str:
-    import torch
+    from tsa_ros.inference import resolve_device
 
-    return name or ('cuda' if torch.cuda.is_available() else 'cpu')
+    return str(resolve_device(name))
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:

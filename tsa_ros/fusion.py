@@ -19,16 +19,21 @@ outputs); it does not propose a decision rule.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+from tsa_ros.inference import as_numpy, resize_posteriors
 
 __all__ = [
     'FusionConfig',
     'FusionResult',
     'disagreement',
     'fuse',
+    'fuse_roles',
+    'RoleFusion',
+    'SizeMismatchError',
     'majority_vote',
     'posterior_fusion',
     'posterior_fusion_labels',
@@ -39,25 +44,14 @@ TIE_RULES = ('teacher', 'posterior', 'ignore')
 MODES = ('majority', 'posterior')
 
 
-def _as_numpy(x: Any) -> np.ndarray:
-    """Return ``x`` as a numpy array; torch tensors (any device) are moved to the CPU."""
-    if hasattr(x, 'detach') and hasattr(x, 'cpu'):
-        x = x.detach().cpu()
-        try:
-            return x.numpy()
-        except TypeError:  # e.g. bfloat16 has no numpy dtype
-            return x.float().numpy()
-    return np.asarray(x)
-
-
 def _stack(maps: Any, what: str) -> np.ndarray:
     """Stack a sequence of K arrays (or take a stacked array) into shape ``(K, ...)``."""
     if isinstance(maps, np.ndarray) or (hasattr(maps, 'detach') and hasattr(maps, 'cpu')):
-        arr = _as_numpy(maps)
+        arr = as_numpy(maps)
         if arr.ndim == 0 or arr.shape[0] < 1:
             raise ValueError(f'{what}: need at least one network (K >= 1)')
         return arr
-    items = [_as_numpy(m) for m in maps]
+    items = [as_numpy(m) for m in maps]
     if not items:
         raise ValueError(f'{what}: need at least one network (K >= 1)')
     shapes = {a.shape for a in items}
@@ -97,9 +91,9 @@ def _posterior_list(posteriors: Any) -> list[np.ndarray]:
     No stacked copy is made: a full-resolution Cityscapes posterior is ~160 MB in float32.
     """
     if isinstance(posteriors, np.ndarray) or hasattr(posteriors, 'detach'):
-        items = list(_as_numpy(posteriors))
+        items = list(as_numpy(posteriors))
     else:
-        items = [_as_numpy(p) for p in posteriors]
+        items = [as_numpy(p) for p in posteriors]
     if not items:
         raise ValueError('posteriors: need at least one network (K >= 1)')
     if len({p.shape for p in items}) != 1:
@@ -220,7 +214,7 @@ def majority_vote(
 def _normalised_weights(weights: Optional[Sequence[float]], k: int) -> np.ndarray:
     if weights is None:
         return np.full(k, 1.0 / k)
-    w = np.asarray(_as_numpy(weights), dtype=np.float64).reshape(-1)
+    w = np.asarray(as_numpy(weights), dtype=np.float64).reshape(-1)
     if w.shape != (k,):
         raise ValueError(f'need one weight per network ({k}), got {w.size}')
     if not np.all(np.isfinite(w)) or (w < 0).any():
@@ -265,7 +259,7 @@ def disagreement(labels: Any, fused: Any, *, ignore_index: int = 255) -> np.ndar
         float64 array of shape ``(K,)``.
     """
     lab = _stack(labels, 'labels').astype(np.int64, copy=False)
-    ref = _as_numpy(fused).astype(np.int64, copy=False)
+    ref = as_numpy(fused).astype(np.int64, copy=False)
     if lab.shape[1:] != ref.shape:
         raise ValueError(f'fused shape {ref.shape} does not match label maps {lab.shape[1:]}')
     flat = lab.reshape(lab.shape[0], -1)
@@ -286,7 +280,7 @@ def suspect(disagreements: Any, *, threshold: float = 0.2) -> Optional[int]:
     """
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f'threshold must be in [0, 1], got {threshold}')
-    d = np.asarray(_as_numpy(disagreements), dtype=np.float64).reshape(-1)
+    d = np.asarray(as_numpy(disagreements), dtype=np.float64).reshape(-1)
     if d.size == 0:
         return None
     d = np.where(np.isnan(d), -np.inf, d)
@@ -370,3 +364,87 @@ def fuse(
     return FusionResult(
         labels=fused, disagreement=dis, suspect=suspect(dis, threshold=cfg.suspect_threshold)
     )
+
+
+class SizeMismatchError(ValueError):
+    """The label maps of one frame have different sizes."""
+
+
+@dataclass(frozen=True)
+class RoleFusion:
+    """Output of :func:`fuse_roles`: the fusion of the roles that delivered a frame.
+
+    Attributes:
+        result: fused labels, disagreement and suspect index (into ``roles``).
+        roles: the roles fused, in priority order.
+        config: the configuration actually applied (mode, tie and weights after fallback
+            and after dropping absent roles).
+        lacking_posteriors: roles whose missing posteriors forced the majority-vote
+            fallback (empty when the configured mode ran).
+    """
+
+    result: FusionResult
+    roles: tuple[str, ...]
+    config: FusionConfig
+    lacking_posteriors: tuple[str, ...] = ()
+
+    @property
+    def suspected_role(self) -> str:
+        """The role :func:`suspect` flags, or ``''``."""
+        return '' if self.result.suspect is None else self.roles[self.result.suspect]
+
+
+def fuse_roles(
+    priority: Sequence[str],
+    labels: dict[str, np.ndarray],
+    posteriors: Optional[dict[str, Optional[np.ndarray]]],
+    cfg: FusionConfig,
+) -> RoleFusion:
+    """Fuse one frame from the roles present, in the priority order of the full triplet.
+
+    Args:
+        priority: every configured role, highest priority first (the first breaks ties
+            under ``tie='teacher'``); ``cfg.weights`` is indexed like it.
+        labels: role -> ``(H, W)`` label map, for the roles that delivered (a subset).
+        posteriors: role -> ``(C, h, w)`` posteriors or ``None``, when the fusion needs them;
+            they are resampled to the label size.
+        cfg: the configured fusion.
+
+    A role without posteriors turns a posterior fusion (or the posterior tie rule) into a
+    majority vote with the ``'teacher'`` tie rule for this frame: a fused mask for every
+    frame is worth more downstream than strictness about the mode. Weights of absent roles
+    drop out. Raises :class:`SizeMismatchError` when the label maps differ in size and
+    ``ValueError`` when no role is present, a role is unknown or a label is outside the
+    label space.
+    """
+    unknown = sorted(set(labels) - set(priority))
+    if unknown:
+        raise ValueError(f'unknown role(s) {unknown}; configured roles are {list(priority)}')
+    roles = tuple(r for r in priority if r in labels)
+    if not roles:
+        raise ValueError('no role delivered labels for this frame')
+    maps = [np.asarray(labels[r]) for r in roles]
+    if len({m.shape for m in maps}) != 1:
+        sizes = ', '.join(
+            f'{r} {m.shape[1]}x{m.shape[0]}' for r, m in zip(roles, maps, strict=True)
+        )
+        raise SizeMismatchError(f'label maps of one frame differ in size: {sizes}')
+    size = maps[0].shape[:2]
+
+    lacking: tuple[str, ...] = ()
+    probs = None
+    if cfg.mode == 'posterior' or cfg.tie == 'posterior':
+        given = posteriors or {}
+        lacking = tuple(r for r in roles if given.get(r) is None)
+        if lacking:
+            tie = 'teacher' if cfg.tie == 'posterior' else cfg.tie
+            cfg = replace(cfg, mode='majority', tie=tie, weights=None)
+        else:
+            probs = [resize_posteriors(np.asarray(given[r], np.float32), size) for r in roles]
+    if cfg.mode == 'posterior' and cfg.weights is not None:
+        if len(cfg.weights) != len(priority):
+            raise ValueError(
+                f'{len(cfg.weights)} fusion weights for {len(priority)} roles {list(priority)}'
+            )
+        cfg = replace(cfg, weights=tuple(cfg.weights[list(priority).index(r)] for r in roles))
+    return RoleFusion(fuse(maps, probs, cfg), roles, cfg, lacking)

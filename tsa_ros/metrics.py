@@ -27,19 +27,14 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from tsa_ros.inference import as_numpy
+
 __all__ = [
     'ConfusionMatrix',
     'mean_iou',
     'miou_ratio',
     'per_class_iou',
 ]
-
-
-def _as_numpy(x: Any) -> np.ndarray:
-    """Return ``x`` as a numpy array; torch tensors (any device) are moved to the CPU."""
-    if hasattr(x, 'detach') and hasattr(x, 'cpu'):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 def _check_matrix(matrix: Any) -> np.ndarray:
@@ -161,8 +156,8 @@ class ConfusionMatrix:
                 neither a class nor ``ignore_index``.
             TypeError: on non-integer inputs (e.g. float posteriors passed by mistake).
         """
-        p = _as_numpy(pred)
-        t = _as_numpy(target)
+        p = as_numpy(pred)
+        t = as_numpy(target)
         if p.shape != t.shape:
             raise ValueError(f'pred and target shapes differ: {p.shape} vs {t.shape}')
         if p.ndim not in (2, 3):

@@ -14,6 +14,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+def stamp_ns(header: Any) -> int:
+    """A ``std_msgs/Header``'s stamp (rclpy or rosbags type) as integer nanoseconds."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def split_ns(stamp: int) -> tuple[int, int]:
+    """Integer nanoseconds as ``(sec, nanosec)`` of a ``builtin_interfaces/Time``."""
+    return divmod(int(stamp), 1_000_000_000)
+
+
 @dataclass
 class JoinedGroup:
     """Items of one stamp; ``missing`` names the streams that never arrived (on timeout)."""

@@ -112,7 +112,10 @@ def test_disabled_attacker_passes_frames_through_and_bad_frames_are_rejected(ros
     assert (out.header.stamp.sec, out.header.frame_id) == (42, 'camera')
 
     assert node.set_parameters([Parameter('enabled', value=True)])[0].successful
-    assert not node.set_parameters([Parameter('target', value='oracle')])[0].successful
+    # target names the network loaded at start: changing it at run time would make
+    # /diagnostics name a network other than the one attacked.
+    assert not node.set_parameters([Parameter('target', value='student')])[0].successful
+    assert node.params.target == 'teacher'
     msg.encoding = 'not-an-encoding'
     assert send(ros, pub, msg, lambda: node.health.counters['rejected.image'] >= 1)
 

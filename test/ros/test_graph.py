@@ -52,6 +52,11 @@ def test_graphs_have_the_expected_nodes_and_wiring():
     assert specs['attacker'].parameters['model.arch'] == student['model']['arch']
     assert specs['attacker'].parameters['seed'] == student['seed']
     assert specs['attacker'].parameters['attack.epsilon'] == 10
+    # A and the learner take S's architecture, so their snapshots always fit each other.
+    for name in ('adaptive', 'learner'):
+        for key, value in student['model'].items():
+            assert specs[name].parameters[f'model.{key}'] == value
+        assert 'learner.device' not in specs[name].parameters
     with pytest.raises(ValueError, match='needs a bag'):
         describe('replay', GraphArgs())
 

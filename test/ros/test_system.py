@@ -38,9 +38,12 @@ H, W = 64, 128
 
 def role_model(role, config=TINY):
     """The network a role runs in the tiny config (same seed, same init)."""
-    section = yaml.safe_load(Path(config).read_text())[f'/**/{role}']['ros__parameters']
+    sections = yaml.safe_load(Path(config).read_text())
+    section = sections[f'/**/{role}']['ros__parameters']
+    # A and the learner take S's architecture from the graph description.
+    model = section.get('model') or sections['/**/student']['ros__parameters']['model']
     torch.manual_seed(section['seed'])
-    model_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in section['model'].items()}
+    model_cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items()}
     return build_model(ModelConfig(**model_cfg)).eval()
 
 

@@ -52,6 +52,7 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from tsa_ros import image_codec
 from tsa_ros.data.camera import CameraModel
+from tsa_ros.sync import split_ns, stamp_ns
 
 TOPIC_IMAGE = '/camera/image_raw'
 TOPIC_CAMERA_INFO = '/camera/camera_info'
@@ -141,7 +142,7 @@ def _store_name() -> Stores:
 
 def _stamp(stamp_ns: int) -> Any:
     types = _typestore().types
-    sec, nanosec = divmod(int(stamp_ns), 10**9)
+    sec, nanosec = split_ns(stamp_ns)
     return types['builtin_interfaces/msg/Time'](sec=sec, nanosec=nanosec)
 
 
@@ -149,44 +150,34 @@ def _header(stamp_ns: int, frame_id: str) -> Any:
     return _typestore().types['std_msgs/msg/Header'](stamp=_stamp(stamp_ns), frame_id=frame_id)
 
 
-def _stamp_ns(header: Any) -> int:
-    return int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
-
-
 # --------------------------------------------------------------------------- image codec
+
+
+def _check_encoding(encoding: str) -> None:
+    if encoding not in ENCODINGS:
+        raise ValueError(
+            f'unsupported image encoding {encoding!r}; expected one of {sorted(ENCODINGS)}'
+        )
 
 
 def rgb_to_image_msg(
     image: np.ndarray, stamp_ns: int, frame_id: str = 'camera', encoding: str = 'rgb8'
 ) -> Any:
-    """A ``sensor_msgs/msg/Image`` (rosbags message) from a uint8 array.
+    """A ``sensor_msgs/msg/Image`` (rosbags message) from a uint8 array (:mod:`image_codec`).
 
     ``rgb8`` and ``bgr8`` take an (H, W, 3) RGB array (bgr8 swaps the channels); ``mono8``
     takes an (H, W) array. Rows are written unpadded (step = W * channels).
     """
-    if encoding not in ENCODINGS:
-        raise ValueError(
-            f'unsupported image encoding {encoding!r}; expected one of {sorted(ENCODINGS)}'
-        )
-    array = np.asarray(image)
-    channels = ENCODINGS[encoding]
-    want = '(H, W)' if channels == 1 else '(H, W, 3)'
-    shape_ok = array.ndim == 2 if channels == 1 else array.ndim == 3 and array.shape[2] == 3
-    if array.dtype != np.uint8 or not shape_ok:
-        raise ValueError(
-            f'{encoding} needs a uint8 {want} array, got {array.dtype} {tuple(array.shape)}'
-        )
-    if encoding == 'bgr8':
-        array = array[..., ::-1]
-    height, width = array.shape[:2]
+    _check_encoding(encoding)
+    fields = image_codec.encode(image, encoding)
     return _typestore().types[IMAGE_TYPE](
         header=_header(stamp_ns, frame_id),
-        height=height,
-        width=width,
+        height=fields.height,
+        width=fields.width,
         encoding=encoding,
         is_bigendian=0,
-        step=width * channels,
-        data=np.ascontiguousarray(array).reshape(-1),
+        step=fields.step,
+        data=np.frombuffer(fields.data, np.uint8),
     )
 
 
@@ -197,13 +188,8 @@ def image_to_array(msg: Any) -> np.ndarray:
     data is a read-only view into the raw message).
     """
     encoding = str(msg.encoding)
-    if encoding not in ENCODINGS:
-        raise ValueError(
-            f'unsupported image encoding {encoding!r}; expected one of {sorted(ENCODINGS)}'
-        )
-    pixels = image_codec.decode(msg)
-    if encoding == 'bgr8':
-        pixels = pixels[..., ::-1]
+    _check_encoding(encoding)
+    pixels = image_codec.to_mono8(msg) if encoding == 'mono8' else image_codec.to_rgb(msg)
     return np.array(pixels, dtype=np.uint8, order='C', copy=True)
 
 
@@ -651,7 +637,7 @@ class BagReader:
             )
 
         for topic, _, msg in self.messages(topics, start_ns=first_ns):
-            stamp = _stamp_ns(msg.header)
+            stamp = stamp_ns(msg.header)
             if stamp < first_ns:
                 continue
             # The stream has moved past every pending stamp below this one: emit those.

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from tsa_ros.data.camera import CameraModel
 from tsa_ros.data.labels import IGNORE_ID, ids_to_train_ids
+from tsa_ros.inference import frames_to_tensor, resize_frame, resize_labels
 
 SPLIT_DIRS = ('train', 'val', 'test', 'train_extra')
 #: The paper's split names -> (folder, cities); None = every city of the folder.
@@ -183,17 +184,10 @@ class AugmentConfig:
 def resize_pair(
     image: np.ndarray, label: np.ndarray | None, size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Resize to (H, W): area/linear for the image, nearest for labels (no new classes)."""
-    height, width = size
-    if image.shape[:2] == (height, width):
-        return image, label
-    shrink = height < image.shape[0]
-    image = cv2.resize(
-        image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    )
-    if label is not None:
-        label = cv2.resize(label, (width, height), interpolation=cv2.INTER_NEAREST)
-    return image, label
+    """Resize to (H, W) by the inference path's rules (:mod:`tsa_ros.inference`): area or
+    linear for the image, nearest for labels (no new classes)."""
+    image = resize_frame(image, size)
+    return image, None if label is None else resize_labels(label, size)
 
 
 def augment_pair(
@@ -220,7 +214,7 @@ def augment_pair(
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """uint8 (H, W, 3) RGB -> float (3, H, W) gray values in [0, 255] (the model input)."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    return frames_to_tensor(image)[0]
 
 
 # --------------------------------------------------------------------------- data sets

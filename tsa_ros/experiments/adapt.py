@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from tsa_ros.data.cityscapes import UnlabeledDataset
-from tsa_ros.learning.online import LearnerConfig, OnlineLearner, resolve_device
+from tsa_ros.inference import resolve_device
+from tsa_ros.learning.online import LearnerConfig, OnlineLearner
 from tsa_ros.learning.supervised import poly_lr
 from tsa_ros.models import load_checkpoint, save_checkpoint
 

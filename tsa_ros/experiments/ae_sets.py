@@ -38,6 +38,7 @@ from tsa_ros.data.cityscapes import (
     write_png,
 )
 from tsa_ros.data.labels import ids_to_train_ids, train_ids_to_ids
+from tsa_ros.inference import frames_to_tensor, tensor_to_frames
 from tsa_ros.models import SegmentationNet, load_checkpoint
 
 __all__ = ['AE_MANIFEST_KEY', 'make_ae_set']
@@ -152,11 +153,9 @@ def make_ae_set(
         pairs = [_read_pair(layout, folder, fid, size) for fid in chunk]
         clean = np.stack([image for image, _ in pairs])
         if epsilon > 0 and cfg.num_iterations > 0:
-            x = torch.from_numpy(clean).permute(0, 3, 1, 2).float().to(device)
-            adv = least_likely_attack(model, x, cfg).permute(0, 2, 3, 1).cpu().numpy()
-            integer &= bool(np.all(adv == np.round(adv)))
-            # Integer eps and step keep gray values integral; rounding guards any others.
-            adv = np.clip(np.round(adv), 0, 255).astype(np.uint8)
+            adv = least_likely_attack(model, frames_to_tensor(clean, device), cfg)
+            integer &= bool(torch.all(adv == adv.round()))
+            adv = tensor_to_frames(adv)
         else:
             adv = clean
         linf_max = max(linf_max, int(np.abs(adv.astype(np.int16) - clean).max()))

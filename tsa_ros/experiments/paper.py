@@ -68,8 +68,9 @@ from tsa_ros.experiments.adapt import AdaptConfig, adapt
 from tsa_ros.experiments.ae_sets import make_ae_set
 from tsa_ros.experiments.report import publish, report_markdown
 from tsa_ros.experiments.tables import FUSION_ROWS, STANDARD_SETS, evaluate, ratio_table
+from tsa_ros.inference import resolve_device
 from tsa_ros.learning.losses import TSLossConfig
-from tsa_ros.learning.online import LearnerConfig, resolve_device
+from tsa_ros.learning.online import LearnerConfig
 from tsa_ros.learning.train import TrainConfig, train
 from tsa_ros.metrics import miou_ratio
 from tsa_ros.models import ModelConfig, load_checkpoint

@@ -23,6 +23,7 @@ import torch
 from tsa_ros.data.cityscapes import LabeledDataset
 from tsa_ros.data.labels import CLASS_NAMES, IGNORE_ID
 from tsa_ros.fusion import majority_vote, posterior_fusion_labels
+from tsa_ros.inference import Predictor
 from tsa_ros.metrics import ConfusionMatrix, miou_ratio
 from tsa_ros.models import SegmentationNet
 
@@ -110,28 +111,28 @@ def evaluate(
         if name in FUSION_ROWS and name in models:
             raise ValueError(f'model name {name!r} is reserved for a fusion row')
 
-    nets = {name: model.to(device).eval() for name, model in models.items()}
+    # The data sets are already at the networks' size: the predictors run them as they are.
+    predictors = {name: Predictor(model, device=device) for name, model in models.items()}
     results: dict[str, dict[str, Any]] = {row: {} for row in rows}
     for set_name, dataset in sets.items():
         cms = {row: ConfusionMatrix(num_classes, IGNORE_ID) for row in rows}
-        with torch.no_grad():
-            for images, labels in _batches(dataset, batch_size):
-                images = images.to(device)
-                target = labels.numpy()
-                posts = {}
-                for name, net in nets.items():
-                    logits = net(images)
-                    cms[name].update(logits.argmax(1).cpu().numpy(), target)
-                    if fusion and name in fused:
-                        posts[name] = torch.softmax(logits, 1).cpu().numpy()
-                if fusion:
-                    post_list = [posts[name] for name in fused]
-                    votes = [p.argmax(1) for p in post_list]
-                    cms['majority'].update(
-                        majority_vote(votes, num_classes=num_classes, ignore_index=IGNORE_ID),
-                        target,
-                    )
-                    cms['posterior'].update(posterior_fusion_labels(post_list), target)
+        for images, labels in _batches(dataset, batch_size):
+            target = labels.numpy()
+            posts = {}
+            for name, predictor in predictors.items():
+                wants = fusion and name in fused
+                pred, probs = predictor.infer(images, posteriors=wants)
+                cms[name].update(pred.cpu().numpy(), target)
+                if wants:
+                    posts[name] = probs.cpu().numpy()
+            if fusion:
+                post_list = [posts[name] for name in fused]
+                votes = [p.argmax(1) for p in post_list]
+                cms['majority'].update(
+                    majority_vote(votes, num_classes=num_classes, ignore_index=IGNORE_ID),
+                    target,
+                )
+                cms['posterior'].update(posterior_fusion_labels(post_list), target)
         for row in rows:
             results[row][set_name] = _cell(cms[row])
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tsa_ros.inference import frames_to_tensor, resolve_device
 from tsa_ros.learning.losses import TSLossConfig, TSLossTerms, ts_objective
 
 
@@ -98,16 +99,6 @@ class LearnerStats:
     lr: float = math.nan
 
 
-def resolve_device(name: str) -> torch.device:
-    """Map 'auto' to cuda when available, else cpu; validate everything else."""
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(name)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f'device {name!r} requested but CUDA is not available')
-    return device
-
-
 def image_to_tensor(image: np.ndarray | Tensor) -> Tensor:
     """An RGB image as float (3, H, W) gray values in [0, 255].
 
@@ -116,7 +107,7 @@ def image_to_tensor(image: np.ndarray | Tensor) -> Tensor:
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f'image must be (H, W, 3) RGB, got shape {image.shape}')
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+        return frames_to_tensor(image)[0]
     if image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f'image tensor must be (3, H, W), got shape {tuple(image.shape)}')
     return image.float()

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from tsa_ros.data.cityscapes import MANIFEST, AugmentConfig, DataError, LabeledDataset
+from tsa_ros.inference import resolve_device
 from tsa_ros.learning.supervised import evaluate, poly_lr, set_lr, supervised_step
 from tsa_ros.metrics import ConfusionMatrix
 from tsa_ros.models import ModelConfig, build_model, save_checkpoint
@@ -72,6 +73,8 @@ class TrainConfig:
         seed: seeds the weights, the data order, the augmentation and dropout.
         checkpoint_every: write the checkpoint and training state every this many steps (and
             always at the end); 0 = only at the end.
+        keep_steps: steps at which a copy of the checkpoint is kept as
+            ``<role>.step<N>.pt`` (for studies of the network against training length).
     """
 
     role: str = 'student'
@@ -88,6 +91,7 @@ class TrainConfig:
     num_workers: int = 2
     seed: int = 0
     checkpoint_every: int = 5000
+    keep_steps: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -100,6 +104,9 @@ class TrainConfig:
                 raise ValueError(f'TrainConfig.{name} must be >= 0, got {getattr(self, name)}')
         if not self.lr > 0:
             raise ValueError(f'TrainConfig.lr must be positive, got {self.lr}')
+        self.keep_steps = tuple(sorted(int(s) for s in self.keep_steps))
+        if any(s < 1 for s in self.keep_steps):
+            raise ValueError(f'TrainConfig.keep_steps must be >= 1, got {self.keep_steps}')
 
 
 def default_model(role: str) -> ModelConfig:
@@ -149,12 +156,9 @@ class _Dist:
 
 def _setup_distributed(device: str) -> tuple[_Dist, torch.device]:
     """Process group from torchrun's environment (if any) and this process's device."""
-    if device == 'auto':
-        device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if device not in ('cpu', 'cuda'):
+    if device not in ('cpu', 'cuda', 'auto'):  # each rank picks its GPU from LOCAL_RANK
         raise ValueError(f'device must be cpu, cuda or auto, got {device!r}')
-    if device == 'cuda' and not torch.cuda.is_available():
-        raise ValueError('device cuda requested but CUDA is not available')
+    device = resolve_device(device).type
     world = int(os.environ.get('WORLD_SIZE', '1'))
     if world <= 1:
         return _Dist(), torch.device(device)
@@ -421,6 +425,9 @@ def _train(
         if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
             seconds = time.perf_counter() - started
             save(step)
+        if step in cfg.keep_steps and info.main:
+            extra = {'step': step, 'miou': miou, 'role': cfg.role, 'steps': cfg.steps}
+            save_checkpoint(out / f'{cfg.role}.step{step}.pt', model, extra=extra)
     if bar is not None:
         bar.close()
     return {'step': step, 'miou': miou, 'loss': loss, 'checkpoint': str(ckpt_path)}

@@ -221,6 +221,10 @@ class SegmentationNet(nn.Module):
         wanted = set(names)
         return tuple(n for n in available if n in wanted)
 
+    def check_input_size(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` naming the rule if a ``height`` x ``width`` input cannot run."""
+        self.net.check_input_size(height, width)
+
     # -------------------------------------------------------------------------- forward
     def normalize(self, x: Tensor) -> Tensor:
         """Map gray values ``[0, 255]`` (RGB) to ImageNet-normalised inputs."""

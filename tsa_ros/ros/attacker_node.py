@@ -14,14 +14,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
-import torch
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
 from tsa_ros.attacks import AttackConfig, least_likely_attack
+from tsa_ros.inference import frames_to_tensor, tensor_to_frames
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import arch_id, declare_network, run
 from tsa_ros.ros.health import Health
@@ -36,7 +34,8 @@ class AttackerParams:
 
     Attributes:
         target: 'teacher' or 'student': which static network the attacker knows
-            (informational: the network itself comes from checkpoint / model.*).
+            (a label for diagnostics: the network itself comes from checkpoint / model.*,
+            so it is read-only like them).
         enabled: False passes frames through unchanged; may be switched at run time.
     """
 
@@ -53,12 +52,10 @@ class AttackerNode(Node):
 
     def __init__(self, node_name: str = 'attacker', **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        # Not read-only: switching the attack on and off is the point of a demo.
-        self.params = declare_dataclass(self, AttackerParams(), read_only=False)
+        # `enabled` is writable: switching the attack on and off is the point of a demo.
+        self.params = declare_dataclass(self, AttackerParams(), writable=('enabled',))
         self.attack = declare_dataclass(self, AttackConfig(), 'attack')
         self._model, self._config, self._device = declare_network(self)
-        self._check_size = self._model.net.check_input_size
-        self.add_on_set_parameters_callback(self._validate_params)
         self.add_post_set_parameters_callback(self._apply_params)
 
         self.health = Health(self)
@@ -77,17 +74,9 @@ class AttackerNode(Node):
             + ('' if self.params.enabled else ' (disabled: passing frames through)')
         )
 
-    def _validate_params(self, params: list[Parameter]) -> SetParametersResult:
-        for param in params:
-            if param.name == 'target' and param.value not in TARGETS:
-                return SetParametersResult(
-                    successful=False, reason=f'target must be one of {TARGETS}'
-                )
-        return SetParametersResult(successful=True)
-
     def _apply_params(self, params: list[Parameter]) -> None:
         for param in params:
-            if param.name in ('target', 'enabled'):
+            if param.name == 'enabled':
                 setattr(self.params, param.name, param.value)
                 self.health.set(param.name, param.value)
                 self.get_logger().info(f'{param.name} set to {param.value}')
@@ -103,17 +92,14 @@ class AttackerNode(Node):
             self.health.reject('image', str(exc))
             return
         try:
-            self._check_size(*rgb.shape[:2])
+            self._model.check_input_size(*rgb.shape[:2])
         except ValueError as exc:
             self.health.reject('size', str(exc))
             return
         start = time.perf_counter()
-        # np.array copies: the message buffer may be a read-only or padded view.
-        x = torch.from_numpy(np.array(rgb)).to(self._device).permute(2, 0, 1)[None].float()
+        x = frames_to_tensor(rgb, self._device)  # (1, 3, H, W)
         adv = least_likely_attack(self._model, x, self.attack)  # (1, 3, H, W)
-        # Integer epsilon and step keep the gray values integers; rounding makes any
-        # configuration a valid 8-bit image (the clip to [0, 255] is already inside).
-        out = adv[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        out = tensor_to_frames(adv)[0]  # (H, W, 3) uint8
         self.health.timing('attack', 1e3 * (time.perf_counter() - start))
         self.health.count('frames')
         self._pub.publish(convert.image_msg(out, 'rgb8', msg.header))

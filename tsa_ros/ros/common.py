@@ -12,7 +12,7 @@ import torch
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
-from tsa_ros.learning.online import resolve_device
+from tsa_ros.inference import resolve_device
 from tsa_ros.models import ModelConfig, build_model, load_checkpoint
 from tsa_ros.ros.params import declare_dataclass
 

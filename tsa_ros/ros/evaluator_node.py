@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import Image
-from std_msgs.msg import Empty, Header
+from std_msgs.msg import Empty
 from tsa_msgs.msg import EvaluationStatus
 
 from tsa_ros.data.labels import IGNORE_ID, NUM_CLASSES
@@ -40,7 +40,7 @@ from tsa_ros.ros.common import run
 from tsa_ros.ros.convert import MessageError, labels_from_image
 from tsa_ros.ros.health import Health
 from tsa_ros.ros.params import declare_dataclass
-from tsa_ros.sync import JoinedGroup, StampJoiner
+from tsa_ros.sync import JoinedGroup, StampJoiner, split_ns, stamp_ns
 
 #: Joiner key of the ground truth; '<' cannot occur in a stream (topic) name, so no collision.
 _GT = '<ground_truth>'
@@ -81,10 +81,6 @@ class EvaluatorParams:
             raise ValueError(f'timeout_s must be > 0, got {self.timeout_s}')
         if self.max_pending < 1:
             raise ValueError(f'max_pending must be >= 1, got {self.max_pending}')
-
-
-def _stamp_ns(header: Header) -> int:
-    return int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
 
 
 class EvaluatorNode(Node):
@@ -144,7 +140,7 @@ class EvaluatorNode(Node):
             return
         item = (gt, msg.header.frame_id)
         with self._lock:
-            self._handle(self._joiner.add(_GT, _stamp_ns(msg.header), item, time.monotonic()))
+            self._handle(self._joiner.add(_GT, stamp_ns(msg.header), item, time.monotonic()))
 
     def on_labels(self, stream: str, msg: Image) -> None:
         try:
@@ -153,7 +149,7 @@ class EvaluatorNode(Node):
             self.health.reject('bad_labels', f'{stream}: {exc}')
             return
         with self._lock:
-            self._handle(self._joiner.add(stream, _stamp_ns(msg.header), labels, time.monotonic()))
+            self._handle(self._joiner.add(stream, stamp_ns(msg.header), labels, time.monotonic()))
 
     def on_expire(self) -> None:
         with self._lock:
@@ -197,7 +193,7 @@ class EvaluatorNode(Node):
 
     def _publish_status(self, stamp: int, frame_id: str) -> None:
         msg = EvaluationStatus(frames=self.frames, streams=list(self.streams))
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = split_ns(stamp)
         msg.header.frame_id = frame_id
         msg.miou = [float(self.matrices[s].miou()) for s in self.streams]
         msg.missing = [self.missing[s] for s in self.streams]

@@ -23,26 +23,23 @@ Topics (relative; the graph runs in ``/tsa``):
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from tsa_msgs.msg import FusedSegmentation, Segmentation
 
 from tsa_ros.data.labels import colorize
-from tsa_ros.fusion import FusionConfig, fuse
+from tsa_ros.fusion import FusionConfig, SizeMismatchError, fuse_roles
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import run
 from tsa_ros.ros.health import Health
 from tsa_ros.ros.params import declare_dataclass
-from tsa_ros.sync import JoinedGroup, StampJoiner
+from tsa_ros.sync import JoinedGroup, StampJoiner, stamp_ns
 
 #: Longest period of the timer that gives up incomplete frames (~10 Hz).
 EXPIRE_PERIOD_S = 0.1
@@ -72,19 +69,6 @@ class FusionNodeParams:
             raise ValueError(f'max_pending must be >= 1, got {self.max_pending}')
         if not self.timeout_s > 0:
             raise ValueError(f'timeout_s must be > 0, got {self.timeout_s}')
-
-
-def stamp_key(msg: Segmentation) -> int:
-    """A header stamp as integer nanoseconds (the join key)."""
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-
-
-def resize_posteriors(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Posteriors (C, h, w) bilinearly resized to ``size`` (H, W) (teachers send them small)."""
-    if probs.shape[-2:] == size:
-        return probs
-    tensor = torch.from_numpy(np.ascontiguousarray(probs))[None]  # (1, C, h, w)
-    return F.interpolate(tensor, size=size, mode='bilinear', align_corners=False)[0].numpy()
 
 
 class FusionNode(Node):
@@ -158,7 +142,9 @@ class FusionNode(Node):
                 return
         with self._lock:
             late = self._joiner.late
-            groups = self._joiner.add(role, stamp_key(msg), (msg, labels, probs), time.monotonic())
+            groups = self._joiner.add(
+                role, stamp_ns(msg.header), (msg, labels, probs), time.monotonic()
+            )
             if self._joiner.late > late:
                 self.health.count(f'late.{role}')
         self._publish(groups)
@@ -186,55 +172,35 @@ class FusionNode(Node):
 
     def _fuse(self, group: JoinedGroup) -> tuple[FusedSegmentation, np.ndarray] | None:
         """The FusedSegmentation of one joined frame and its fused labels, or None."""
-        roles = [r for r in self.roles if r in group.items]  # priority order, teacher first
-        msgs = [group.items[r][0] for r in roles]
-        labels = [group.items[r][1] for r in roles]
-        shapes = {lab.shape for lab in labels}
-        if len(shapes) != 1:
-            sizes = ', '.join(
-                f'{r} {lab.shape[1]}x{lab.shape[0]}' for r, lab in zip(roles, labels, strict=True)
-            )
-            self.health.reject('size', f'label maps of one frame differ in size: {sizes}')
-            return None
-        size = labels[0].shape
-
-        cfg = self.config
-        posteriors = None
-        if self._needs_posteriors:
-            probs = [group.items[r][2] for r in roles]
-            if any(p is None for p in probs):
-                # Documented fallback: majority vote (tie 'teacher' when it needed posteriors).
-                lacking = [r for r, p in zip(roles, probs, strict=True) if p is None]
-                self.health.count('fallback.no_posteriors')
-                self.get_logger().warning(
-                    f'{lacking} sent no posteriors: majority vote for this frame',
-                    throttle_duration_sec=5.0,
-                )
-                tie = 'teacher' if cfg.tie == 'posterior' else cfg.tie
-                cfg = dataclasses.replace(cfg, mode='majority', tie=tie, weights=None)
-            else:
-                posteriors = [resize_posteriors(p, size) for p in probs]
-        if cfg.mode == 'posterior' and cfg.weights is not None:
-            # Weights of the roles present, in the same order (a silent role drops out).
-            cfg = dataclasses.replace(
-                cfg, weights=tuple(cfg.weights[self.roles.index(r)] for r in roles)
-            )
+        labels = {role: item[1] for role, item in group.items.items()}
+        probs = {role: item[2] for role, item in group.items.items()}
         try:
-            result = fuse(labels, posteriors, cfg)
-        except ValueError as exc:  # e.g. label values outside [0, num_classes) and ignore
+            fused = fuse_roles(self.roles, labels, probs, self.config)
+        except SizeMismatchError as exc:
+            self.health.reject('size', str(exc))
+            return None
+        except ValueError as exc:  # e.g. labels outside [0, num_classes) and ignore
             self.health.reject('fusion', str(exc))
             return None
-
+        if fused.lacking_posteriors:
+            self.health.count('fallback.no_posteriors')
+            self.get_logger().warning(
+                f'{list(fused.lacking_posteriors)} sent no posteriors: majority vote for this '
+                'frame',
+                throttle_duration_sec=5.0,
+            )
+        msgs = [group.items[r][0] for r in fused.roles]
         header = msgs[0].header  # every result carries the camera frame's header
-        suspected = '' if result.suspect is None else roles[result.suspect]
+        suspected = fused.suspected_role
         if suspected:
             self.health.count(f'suspected.{suspected}')
+        result = fused.result
         msg = FusedSegmentation(
             header=header,
-            fusion_mode=cfg.mode,
-            tie_rule=cfg.tie,
+            fusion_mode=fused.config.mode,
+            tie_rule=fused.config.tie,
             labels=convert.image_msg(result.labels, 'mono8', header),
-            roles=roles,
+            roles=list(fused.roles),
             model_versions=[int(m.model_version) for m in msgs],
             disagreement=[float(d) for d in result.disagreement],
             missing_roles=[str(r) for r in group.missing],

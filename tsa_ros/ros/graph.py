@@ -198,6 +198,12 @@ def describe(graph: str, args: GraphArgs | None = None) -> list[NodeSpec]:
         'student': args.student_checkpoint,
         'adaptive': args.adaptive_checkpoint or args.student_checkpoint,
     }
+    # A starts as S and the learner trains a copy of S: both take S's architecture, so the
+    # three cannot disagree (a mismatch would reject every snapshot at run time). Seeds stay
+    # per section: they matter only for random weights (tests, demos).
+    student_net = {
+        k: v for k, v in role_network(args.params_file, 'student').items() if k != 'seed'
+    }
     nodes = []
     for role in ROLES:
         params = {'role': role, 'device': args.device, 'checkpoint': checkpoints[role]}
@@ -205,13 +211,10 @@ def describe(graph: str, args: GraphArgs | None = None) -> list[NodeSpec]:
         if role == 'teacher':
             params['publish_posteriors'] = True
         if role == 'adaptive':
+            params.update(student_net)
             remap = image + (('weights', f'{ns}/learner/weights'),)
         nodes.append(NodeSpec('segmenter', role, ns, params, remap))
-    learner = {
-        'device': args.device,
-        'learner.device': args.device,
-        'checkpoint': args.student_checkpoint,
-    }
+    learner = {'device': args.device, 'checkpoint': args.student_checkpoint, **student_net}
     nodes.append(NodeSpec('learner', 'learner', ns, learner, image))
     nodes.append(NodeSpec('fusion', 'fusion', ns, {}))
 

@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
@@ -32,13 +31,14 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from tsa_msgs.msg import LearnerStatus, ModelWeights, Segmentation
 
+from tsa_ros.inference import resize_frame
 from tsa_ros.learning.online import LearnerConfig, OnlineLearner, WeightSnapshot
 from tsa_ros.models import build_model, load_checkpoint, save_checkpoint
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import arch_id, declare_network, run, weights_key
 from tsa_ros.ros.health import Health
 from tsa_ros.ros.params import declare_dataclass
-from tsa_ros.sync import JoinedGroup, StampJoiner
+from tsa_ros.sync import JoinedGroup, StampJoiner, stamp_ns
 
 IMAGE, TEACHER = 'image', 'teacher'
 #: Seconds close() waits for the training thread to finish its current step (a CPU step at
@@ -46,6 +46,8 @@ IMAGE, TEACHER = 'image', 'teacher'
 STOP_TIMEOUT_S = 30.0
 #: Period of the timer that gives up frames whose teacher result never came.
 EXPIRE_PERIOD_S = 0.1
+#: LearnerConfig fields not declared: `device` (NetworkParams) places both S and A.
+EXCLUDED = ('learner.device',)
 
 
 @dataclass
@@ -84,18 +86,16 @@ class LearnerNodeParams:
             raise ValueError(f'status_period_s must be > 0, got {self.status_period_s}')
 
 
-def stamp_key(header: Header) -> int:
-    """A header stamp as integer nanoseconds (the join key)."""
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
 class LearnerNode(Node):
     """Train A from camera frames and teacher posteriors; see the module docstring."""
 
     def __init__(self, node_name: str = 'learner', **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        student, self._model_config, _ = declare_network(self)
-        self.config = declare_dataclass(self, LearnerConfig(), 'learner')
+        student, self._model_config, device = declare_network(self)
+        # One device parameter for S and A: `device` (NetworkParams), not `learner.device`.
+        self.config = declare_dataclass(
+            self, LearnerConfig(device=str(device)), 'learner', exclude=EXCLUDED
+        )
         self.params = declare_dataclass(self, LearnerNodeParams())
         self._key = weights_key(self)
         self._arch = arch_id(self._model_config)
@@ -174,9 +174,7 @@ class LearnerNode(Node):
                     'set resize:=true to resize frames',
                 )
                 return
-            rgb = cv2.resize(
-                np.ascontiguousarray(rgb), (width, height), interpolation=cv2.INTER_AREA
-            )
+            rgb = resize_frame(rgb, (height, width))  # the segmenters' rule
         self._add(IMAGE, msg.header, rgb)
 
     def on_teacher(self, msg: Segmentation) -> None:
@@ -203,7 +201,7 @@ class LearnerNode(Node):
     def _add(self, stream: str, header: Header, item: np.ndarray) -> None:
         with self._join_lock:
             late = self._joiner.late
-            groups = self._joiner.add(stream, stamp_key(header), item, time.monotonic())
+            groups = self._joiner.add(stream, stamp_ns(header), item, time.monotonic())
             if self._joiner.late > late:
                 self.health.count(f'{stream}.late')
         self._handle(groups)

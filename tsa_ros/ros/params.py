@@ -72,21 +72,33 @@ def _ros_value(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def declare_dataclass(node: Node, config: T, prefix: str = '', *, read_only: bool = True) -> T:
+def declare_dataclass(
+    node: Node,
+    config: T,
+    prefix: str = '',
+    *,
+    writable: collections.abc.Collection[str] = (),
+    exclude: collections.abc.Collection[str] = (),
+) -> T:
     """Declare every field of ``config`` (recursively) as a parameter; return the values read.
 
-    Optional fields whose default is None are declared with dynamic typing, so a params file
-    may set a number or leave them unset. Raises ConfigError naming the parameter on a value
-    the dataclass rejects.
+    Every parameter is read-only except the full names in ``writable`` (switches a user may
+    flip at run time; the node applies them in a post-set callback). Full names in
+    ``exclude`` are not declared and keep ``config``'s value (a fact another parameter of
+    the node already holds, such as the learner's device). Optional fields whose default is
+    None are declared with dynamic typing, so a params file may set a number or leave them
+    unset. Raises ConfigError naming the parameter on a value the dataclass rejects.
     """
-    data = _declare(node, type(config), config, prefix, read_only)
+    data = _declare(node, type(config), config, prefix, frozenset(writable), frozenset(exclude))
     try:
         return from_dict(type(config), data, prefix.rstrip('.') or type(config).__name__)
     except ConfigError as exc:
         raise ConfigError(f'parameter {exc}') from exc
 
 
-def _declare(node: Node, cls: type, config: Any, prefix: str, read_only: bool) -> dict:
+def _declare(
+    node: Node, cls: type, config: Any, prefix: str, writable: frozenset, exclude: frozenset
+) -> dict:
     hints = typing.get_type_hints(cls)
     docs = attribute_docs(cls)
     data = {}
@@ -96,13 +108,16 @@ def _declare(node: Node, cls: type, config: Any, prefix: str, read_only: bool) -
         name = f'{prefix}.{field.name}' if prefix else field.name
         value = getattr(config, field.name)
         if dataclasses.is_dataclass(value):
-            data[field.name] = _declare(node, type(value), value, name, read_only)
+            data[field.name] = _declare(node, type(value), value, name, writable, exclude)
+            continue
+        if name in exclude:
+            data[field.name] = _ros_value(value)
             continue
         ptype, optional = _ros_type(hints[field.name])
         descriptor = ParameterDescriptor(
             name=name,
             description=docs.get(field.name, field.name.replace('_', ' ')),
-            read_only=read_only,
+            read_only=name not in writable,
         )
         if value is None or (isinstance(value, tuple | list) and not value):
             # rclpy cannot infer a type from None or [] (it would pick BYTE_ARRAY for []).

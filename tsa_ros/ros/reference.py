@@ -14,14 +14,16 @@ from tsa_ros.models import ModelConfig
 from tsa_ros.ros.params import attribute_docs
 
 
-def _rows(config, prefix: str = '') -> list[tuple[str, str, str]]:
+def _rows(config, prefix: str = '', exclude=()) -> list[tuple[str, str, str]]:
     docs = attribute_docs(type(config))
     rows = []
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         name = f'{prefix}{field.name}'
         if dataclasses.is_dataclass(value):
-            rows += _rows(value, name + '.')
+            rows += _rows(value, name + '.', exclude)
+            continue
+        if name in exclude:
             continue
         shown = (
             'unset' if value is None else repr(list(value) if isinstance(value, tuple) else value)
@@ -31,46 +33,46 @@ def _rows(config, prefix: str = '') -> list[tuple[str, str, str]]:
 
 
 def node_sections() -> list[tuple[str, str, list]]:
-    """(node, what it does, [(dataclass instance, prefix)]) for every node."""
+    """(node, what it does, [(dataclass instance, prefix, excluded names)]) for every node."""
     from tsa_ros.ros.attacker_node import AttackerParams
     from tsa_ros.ros.bag_player_node import BagPlayerParams
     from tsa_ros.ros.common import NetworkParams
     from tsa_ros.ros.evaluator_node import EvaluatorParams
     from tsa_ros.ros.fusion_node import FusionNodeParams
-    from tsa_ros.ros.learner_node import LearnerNodeParams
+    from tsa_ros.ros.learner_node import EXCLUDED, LearnerNodeParams
     from tsa_ros.ros.segmenter_node import SegmenterParams
 
-    network = [(NetworkParams(), ''), (ModelConfig(), 'model.')]
+    network = [(NetworkParams(), '', ()), (ModelConfig(), 'model.', ())]
     return [
         (
             'segmenter',
             'T, S or A on the camera topic (`role`)',
-            [(SegmenterParams(), ''), *network],
+            [(SegmenterParams(), '', ()), *network],
         ),
         (
             'learner',
             'adapts A online from S (background thread), publishes signed snapshots',
-            [(LearnerNodeParams(), ''), *network, (LearnerConfig(), 'learner.')],
+            [(LearnerNodeParams(), '', ()), *network, (LearnerConfig(), 'learner.', EXCLUDED)],
         ),
         (
             'fusion',
             'majority vote / posterior fusion of the three results of a frame',
-            [(FusionNodeParams(), ''), (FusionConfig(), 'fusion.')],
+            [(FusionNodeParams(), '', ()), (FusionConfig(), 'fusion.', ())],
         ),
         (
             'attacker',
             'least-likely attack against T or S, injected on the camera topic',
-            [(AttackerParams(), ''), *network, (AttackConfig(), 'attack.')],
+            [(AttackerParams(), '', ()), *network, (AttackConfig(), 'attack.', ())],
         ),
         (
             'bag_player',
             'replays a `tsa data bag` rosbag2 with the recorded stamps',
-            [(BagPlayerParams(), '')],
+            [(BagPlayerParams(), '', ())],
         ),
         (
             'evaluator',
             "running mIoU of every stream against the bag's ground truth, report",
-            [(EvaluatorParams(), '')],
+            [(EvaluatorParams(), '', ())],
         ),
     ]
 
@@ -93,8 +95,9 @@ def markdown() -> str:
             '| parameter | default | meaning |',
             '| --- | --- | --- |',
         ]
-        for config, prefix in parts:
-            lines += [f'| `{n}` | `{d}` | {m} |' for n, d, m in _rows(config, prefix)]
+        for config, prefix, exclude in parts:
+            rows = _rows(config, prefix, exclude)
+            lines += [f'| `{n}` | `{d}` | {m} |' for n, d, m in rows]
         lines.append('')
     return '\n'.join(lines)
 

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image
@@ -32,6 +30,7 @@ from std_msgs.msg import Header
 from tsa_msgs.msg import LabelInfo, ModelWeights, Segmentation
 
 from tsa_ros.data.labels import colorize
+from tsa_ros.inference import Predictor
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import arch_id, declare_network, run, weights_key
 from tsa_ros.ros.health import Health
@@ -84,30 +83,6 @@ class SegmenterParams:
             )
 
 
-def rgb_to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (H, W, 3) RGB -> float (1, 3, H, W) gray values [0, 255] on ``device``."""
-    # Message buffers may be read-only or padded views; torch wants its own contiguous memory.
-    array = np.ascontiguousarray(rgb)
-    if not array.flags.writeable:
-        array = array.copy()
-    return torch.from_numpy(array).to(device).permute(2, 0, 1).unsqueeze(0).float()
-
-
-def resample_posteriors(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Posteriors (N, C, h, w) at ``size`` (H, W): area when shrinking, else bilinear.
-
-    Both keep each pixel a convex combination of probabilities; the renormalisation only
-    removes float rounding.
-    """
-    if tuple(probs.shape[-2:]) != size:
-        shrink = size[0] <= probs.shape[-2] and size[1] <= probs.shape[-1]
-        if shrink:
-            probs = F.interpolate(probs, size=size, mode='area')
-        else:
-            probs = F.interpolate(probs, size=size, mode='bilinear', align_corners=False)
-    return probs / probs.sum(dim=1, keepdim=True).clamp_min(1e-12)
-
-
 class SegmenterNode(Node):
     """Segment camera frames with one network of the triplet; see the module docstring."""
 
@@ -116,20 +91,19 @@ class SegmenterNode(Node):
         self.params = declare_dataclass(self, SegmenterParams())
         model, self._config, self._device = declare_network(self)
         self._arch = arch_id(self._config)
-        # The inference path reads (model, version) under this lock; a weight swap replaces
-        # both at once, so a frame is always segmented by one consistent snapshot.
+        # The inference path reads (predictor, version) under this lock; a weight swap
+        # replaces both at once, so a frame is always segmented by one consistent snapshot.
         self._lock = threading.Lock()
-        self._model = model
+        self._input_size = self._config.input_size if self.params.resize else None
+        self._predictor = Predictor(model, device=self._device, input_size=self._input_size)
         self._version = 0
-        # The network's own input-size rule (ERFNet: multiples of 8), checked before forward.
-        self._check_size = model.net.check_input_size
         self.health = Health(self)
         self.health.set('role', self.params.role)
         self.health.set('arch', self._arch)
         self.health.set('model_version', 0)
 
         if self.params.warmup:
-            self._warmup(model)
+            self._warmup()
 
         results = qos.RESULTS
         self._labels_pub = self.create_publisher(Image, '~/labels', results)
@@ -174,11 +148,10 @@ class SegmenterNode(Node):
         with self._lock:
             return self._version
 
-    def _warmup(self, model: torch.nn.Module) -> None:
+    def _warmup(self) -> None:
         height, width = self._config.input_size
         start = time.perf_counter()
-        with torch.inference_mode():
-            model(torch.zeros(1, 3, height, width, device=self._device))
+        self._predictor.predict(np.zeros((height, width, 3), np.uint8))
         self.get_logger().info(
             f'warm-up forward took {1e3 * (time.perf_counter() - start):.0f} ms'
         )
@@ -190,18 +163,19 @@ class SegmenterNode(Node):
         except convert.MessageError as exc:
             self.health.reject('image', str(exc))
             return
-        height, width = rgb.shape[:2]
-        if not self.params.resize:
-            try:
-                self._check_size(height, width)
-            except ValueError as exc:
-                self.health.reject('size', f'{exc}; set resize:=true to resize frames')
-                return
         with self._lock:
-            model, version = self._model, self._version
+            predictor, version = self._predictor, self._version
+        try:
+            predictor.check_frame(*rgb.shape[:2])
+        except ValueError as exc:
+            hint = '' if self.params.resize else '; set resize:=true to resize frames'
+            self.health.reject('size', f'{exc}{hint}')
+            return
 
         start = time.perf_counter()
-        labels, probs = self._infer(model, rgb)
+        scale = self.params.posteriors_scale if self.params.publish_posteriors else None
+        result = predictor.predict(rgb, posteriors_scale=scale)
+        labels, probs = result.labels, result.posteriors
         inference_ms = 1e3 * (time.perf_counter() - start)
         self.health.timing('inference', inference_ms)
         self.health.count('frames')
@@ -233,38 +207,10 @@ class SegmenterNode(Node):
                 overlay = cv2.addWeighted(np.ascontiguousarray(rgb), 1.0 - alpha, color, alpha, 0)
                 self._overlay_pub.publish(convert.image_msg(overlay, 'rgb8', header))
 
-    def _infer(
-        self, model: torch.nn.Module, rgb: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Labels (H, W) uint8 at frame size and, when enabled, posteriors (C, h, w)."""
-        height, width = rgb.shape[:2]
-        net_rgb = rgb
-        if self.params.resize:
-            net_h, net_w = self._config.input_size
-            if (net_h, net_w) != (height, width):
-                shrink = net_h <= height and net_w <= width
-                interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-                net_rgb = cv2.resize(
-                    np.ascontiguousarray(rgb), (net_w, net_h), interpolation=interp
-                )
-        with torch.inference_mode():
-            logits = model(rgb_to_tensor(net_rgb, self._device))  # (1, C, h, w)
-            labels = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()  # (h, w)
-            probs = None
-            if self.params.publish_posteriors:
-                scale = self.params.posteriors_scale
-                size = (max(1, round(height * scale)), max(1, round(width * scale)))
-                probs = resample_posteriors(torch.softmax(logits.float(), dim=1), size)
-                probs = probs[0].cpu().numpy()  # (C, h, w)
-        if labels.shape != (height, width):
-            # Nearest keeps labels valid class ids (no blending between classes).
-            labels = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
-        return labels, probs
-
     def on_weights(self, msg: ModelWeights) -> None:
         """Verify a snapshot, load it into a copy of the model and swap it in atomically."""
         with self._lock:
-            model, version = self._model, self._version
+            model, version = self._predictor.model, self._version
         if msg.version <= version:
             self.health.reject(
                 'weights_version', f'snapshot version {msg.version} <= loaded version {version}'
@@ -283,11 +229,11 @@ class SegmenterNode(Node):
         except RuntimeError as exc:
             self.health.reject('weights', f'snapshot version {msg.version}: {exc}')
             return
-        fresh.eval()
+        predictor = Predictor(fresh, device=self._device, input_size=self._input_size)
         with self._lock:
             if msg.version <= self._version:  # a newer snapshot won meanwhile
                 return
-            self._model, self._version = fresh, int(msg.version)
+            self._predictor, self._version = predictor, int(msg.version)
         self.health.timing('weights_load', 1e3 * (time.perf_counter() - start))
         self.health.count('weights_loaded')
         self.health.set('model_version', msg.version)
