@@ -16,7 +16,7 @@ def _claim_domain():
     for offset in range(len(_DOMAINS)):
         domain_id = _DOMAINS[(os.getpid() + offset) % len(_DOMAINS)]
         path = os.path.join(tempfile.gettempdir(), f'tsa_ros_domain_{domain_id}.lock')
-        handle = open(path, 'w')  # noqa: SIM115 - held until the test ends
+        handle = open(path, 'w')
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return domain_id, handle

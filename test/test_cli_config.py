@@ -53,3 +53,36 @@ def test_shipped_system_config_is_the_default():
 
     shipped = Path(__file__).resolve().parents[1] / 'config' / 'system.yaml'
     assert load_config(shipped) == TSAConfig(), 'regenerate with: tsa config > config/system.yaml'
+
+
+def test_bad_input_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, capsys, monkeypatch):
+    # Bad input: exit 2 with one line naming the problem ...
+    args = ['train', '--role', 'student', '--data', str(tmp_path), '--steps', '0']
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'steps must be >= 1' in err and '--traceback' in err
+    with pytest.raises(ConfigError, match='steps'):
+        main(['--traceback', *args])
+
+    # ... while a ValueError from inside (a bug, not the user's input) is not swallowed.
+    import tsa_ros.experiments as experiments
+
+    def broken(*args, **kwargs):
+        raise ValueError('internal invariant broken')
+
+    monkeypatch.setattr(experiments, 'make_ae_set', broken)
+    with pytest.raises(ValueError, match='internal invariant'):
+        main(
+            [
+                'attack',
+                '--root',
+                str(tmp_path),
+                '--epsilon',
+                '0',
+                '--size',
+                '8',
+                '8',
+                '--out',
+                str(tmp_path / 'o'),
+            ]
+        )

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip('rclpy')
-from rclpy.node import Node  # noqa: E402
-from tsa_msgs.msg import Segmentation  # noqa: E402
+pytest.importorskip('rclpy')
+import rclpy
+from rclpy.node import Node
+from tsa_msgs.msg import Segmentation
 
 PEER = Path(__file__).with_name('ros_peer_publisher.py')
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from supervised_fit import fit
 
 from tsa_ros.cli import main
-from tsa_ros.learning.supervised import fit
 from tsa_ros.learning.train import TrainConfig, resolve, train
 from tsa_ros.models import ModelConfig, build_model, load_checkpoint
 

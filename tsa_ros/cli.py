@@ -1,13 +1,31 @@
 """The ``tsa`` command: one entry point for the package's tools.
 
-Subcommands import their heavy dependencies (torch, rclpy) lazily so ``tsa --help`` is instant.
+Subcommands import their heavy dependencies (torch, rclpy) when they run; building the parser
+imports the experiment presets and the graph description, which import torch, so ``tsa
+--help`` takes a second or two. Bad input (the types in :data:`USER_ERRORS`) prints one line
+and exits 2; anything else is a bug and keeps its traceback (``--traceback`` shows it for
+bad input too).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+
+from tsa_ros.errors import ConfigError
+
+
+@contextlib.contextmanager
+def _user_input() -> Iterator[None]:
+    """Around code that validates what the user typed: its ValueErrors are bad input."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -42,7 +60,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
     """Parameter count and conv multiply-accumulates of a network."""
     from tsa_ros.models import ModelConfig, build_model, count_conv_macs, count_parameters
 
-    try:
+    with _user_input():
         config = ModelConfig(
             arch=args.arch,
             num_classes=args.classes,
@@ -50,9 +68,6 @@ def _cmd_model(args: argparse.Namespace) -> int:
             output_stride=args.output_stride,
             input_size=tuple(args.size),
         )
-    except ValueError as exc:
-        print(f'tsa model: {exc}', file=sys.stderr)
-        return 2
     model = build_model(config)
     macs = count_conv_macs(model, input_size=config.input_size)
     name = args.arch if args.arch == 'erfnet' else f'{args.arch}-{args.backbone}'
@@ -148,7 +163,8 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 def _device(name: str | None) -> str:
     from tsa_ros.inference import resolve_device
 
-    return str(resolve_device(name))
+    with _user_input():
+        return str(resolve_device(name))
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
@@ -156,7 +172,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     from tsa_ros.experiments import make_ae_set
 
     if args.checkpoint is None and (args.epsilon > 0 or args.size is None):
-        raise ValueError('--checkpoint is required (or --epsilon 0 with --size for a clean set)')
+        raise ConfigError('--checkpoint is required (or --epsilon 0 with --size for a clean set)')
     summary = make_ae_set(
         args.root,
         args.split,
@@ -200,7 +216,7 @@ def _add_attack_command(sub: argparse._SubParsersAction) -> None:
 def _name_value(option: str, text: str) -> tuple[str, str]:
     name, sep, value = text.partition('=')
     if not sep or not name or not value:
-        raise ValueError(f'{option} expects NAME=PATH, got {text!r}')
+        raise ConfigError(f'{option} expects NAME=PATH, got {text!r}')
     return name, value
 
 
@@ -218,7 +234,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     for option, pairs in (('--model', model_args), ('--set', set_args)):
         names = [name for name, _ in pairs]
         if len(set(names)) != len(names):
-            raise ValueError(f'{option} names must be unique, got {names}')
+            raise ConfigError(f'{option} names must be unique, got {names}')
     for name, root in set_args:
         if not Path(root).is_dir():
             raise FileNotFoundError(f'set {name!r}: root {root} does not exist')
@@ -285,7 +301,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides['steps'] = args.steps
     if args.batch_size is not None:
         overrides['batch_size'] = args.batch_size
-    config = dataclasses.replace(config, **overrides)
+    with _user_input():
+        config = dataclasses.replace(config, **overrides)
     result = train(config, args.data, args.out, resume=args.resume, device=args.device)
     if int(os.environ.get('RANK', '0')) == 0:  # under torchrun only rank 0 reports
         print(
@@ -303,16 +320,19 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     from tsa_ros.experiments.adapt import AdaptConfig, adapt
 
     cfg = load_config(args.config, AdaptConfig)
+    overrides = {}
     if args.steps is not None:
-        cfg.steps = args.steps
+        overrides['steps'] = args.steps
     if args.finetune_steps is not None:
-        cfg.finetune_steps = args.finetune_steps
+        overrides['finetune_steps'] = args.finetune_steps
     loss = cfg.learner.loss
-    if not args.ifm:
-        loss = dataclasses.replace(loss, alpha=0.0)  # the paper's baseline: CE only
-    elif args.alpha is not None:
-        loss = dataclasses.replace(loss, alpha=args.alpha)
-    cfg.learner = dataclasses.replace(cfg.learner, loss=loss)
+    with _user_input():
+        if not args.ifm:
+            loss = dataclasses.replace(loss, alpha=0.0)  # the paper's baseline: CE only
+        elif args.alpha is not None:
+            loss = dataclasses.replace(loss, alpha=args.alpha)
+        learner = dataclasses.replace(cfg.learner, loss=loss)
+        cfg = dataclasses.replace(cfg, learner=learner, **overrides)
     name = args.name or ('adaptive_ifm' if args.ifm else 'adaptive')
     path = adapt(
         args.teacher,
@@ -417,6 +437,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog='tsa',
         description='Redundant teacher/student/adaptive-student segmentation (Bär et al. 2019).',
     )
+    parser.add_argument(
+        '--traceback',
+        action='store_true',
+        help='show the traceback of bad-input errors too (bugs always show one)',
+    )
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
 
     p = sub.add_parser('info', help='versions, device and ROS 2 availability')
@@ -451,6 +476,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean bad input (a file, a value), not a bug."""
+    from tsa_ros.data.bag import BagError
+    from tsa_ros.data.cityscapes import DataError
+    from tsa_ros.models.checkpoint import CheckpointError
+
+    return (
+        ConfigError,
+        DataError,
+        BagError,
+        CheckpointError,
+        FileExistsError,
+        FileNotFoundError,
+        NotADirectoryError,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -459,22 +501,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, 'func', None):
         parser.print_help()
         return 0
-    from tsa_ros.config import ConfigError
-    from tsa_ros.data.bag import BagError
-    from tsa_ros.data.cityscapes import DataError
-
     try:
         return args.func(args)
-    except (
-        ConfigError,
-        DataError,
-        BagError,
-        FileExistsError,
-        FileNotFoundError,
-        ValueError,
-    ) as exc:
+    except user_errors() as exc:
+        if args.traceback:
+            raise
         # Bad input: one clear line, no traceback.
-        print(f'tsa {args.command}: {exc}', file=sys.stderr)
+        print(f'tsa {args.command}: {exc} (--traceback for details)', file=sys.stderr)
         return 2
 
 

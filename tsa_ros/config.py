@@ -18,15 +18,14 @@ from typing import Any, TypeVar
 import yaml
 
 from tsa_ros.attacks import AttackConfig
+from tsa_ros.errors import ConfigError
 from tsa_ros.fusion import FusionConfig
 from tsa_ros.learning.online import LearnerConfig
 from tsa_ros.models import ModelConfig
 
 T = TypeVar('T')
 
-
-class ConfigError(ValueError):
-    """A configuration file or mapping that does not fit the dataclasses."""
+__all__ = ['ConfigError', 'TSAConfig', 'dump_config', 'from_dict', 'load_config', 'to_dict']
 
 
 def _teacher_default() -> ModelConfig:

@@ -4,16 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-rclpy = pytest.importorskip('rclpy')
-from builtin_interfaces.msg import Time  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
+pytest.importorskip('rclpy')
+from builtin_interfaces.msg import Time
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
 
-from tsa_ros.attacks import AttackConfig, adversarial_loss, least_likely_attack  # noqa: E402
-from tsa_ros.models import ModelConfig, build_model  # noqa: E402
-from tsa_ros.ros import convert, qos  # noqa: E402
-from tsa_ros.ros.attacker_node import AttackerNode, AttackerParams  # noqa: E402
+from tsa_ros.attacks import AttackConfig, adversarial_loss, least_likely_attack
+from tsa_ros.models import ModelConfig, build_model
+from tsa_ros.ros import convert, qos
+from tsa_ros.ros.attacker_node import AttackerNode, AttackerParams
 
 SIZE = (32, 64)
 EPSILON = 8.0  # large enough to move a tiny random network's prediction

@@ -5,14 +5,15 @@ import time
 import numpy as np
 import pytest
 
-rclpy = pytest.importorskip('rclpy')
-from rclpy.executors import ExternalShutdownException  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
-from std_msgs.msg import Bool  # noqa: E402
+pytest.importorskip('rclpy')
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Bool
 
-from tsa_ros.config import ConfigError  # noqa: E402
-from tsa_ros.data.bag import (  # noqa: E402
+from tsa_ros.config import ConfigError
+from tsa_ros.data.bag import (
     TOPIC_CAMERA_INFO,
     TOPIC_GROUND_TRUTH,
     TOPIC_IMAGE,
@@ -22,9 +23,9 @@ from tsa_ros.data.bag import (  # noqa: E402
     sequence_stamps,
     write_bag,
 )
-from tsa_ros.data.camera import CameraModel  # noqa: E402
-from tsa_ros.ros import qos  # noqa: E402
-from tsa_ros.ros.bag_player_node import BagPlayerNode  # noqa: E402
+from tsa_ros.data.camera import CameraModel
+from tsa_ros.ros import qos
+from tsa_ros.ros.bag_player_node import BagPlayerNode
 
 H, W = 32, 48
 START_NS = 1_500_000_000_123_456_789

@@ -6,8 +6,17 @@ import math
 import numpy as np
 import pytest
 
+pytest.importorskip('rclpy')
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+from std_msgs.msg import Empty, Header
+from tsa_msgs.msg import EvaluationStatus
+
 from tsa_ros.evaluation import build_report, load_report, report_markdown, write_report
 from tsa_ros.metrics import ConfusionMatrix, miou_ratio
+from tsa_ros.ros import qos
+from tsa_ros.ros.convert import image_msg
+from tsa_ros.ros.evaluator_node import EvaluatorNode
 
 H, W = 32, 48
 
@@ -69,16 +78,6 @@ def test_build_report_numbers_ratios_and_markdown(tmp_path):
 
 
 # --------------------------------------------------------------------------- ROS
-
-rclpy = pytest.importorskip('rclpy')
-from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from std_msgs.msg import Empty, Header  # noqa: E402
-from tsa_msgs.msg import EvaluationStatus  # noqa: E402
-
-from tsa_ros.ros import qos  # noqa: E402
-from tsa_ros.ros.convert import image_msg  # noqa: E402
-from tsa_ros.ros.evaluator_node import EvaluatorNode  # noqa: E402
 
 BASE_NS = 1_600_000_000 * 10**9
 

@@ -8,16 +8,16 @@ import torch
 import torch.nn.functional as F
 
 pytest.importorskip('rclpy')
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
-from tsa_msgs.msg import FusedSegmentation, Segmentation  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+from tsa_msgs.msg import FusedSegmentation, Segmentation
 
-from tsa_ros import fusion  # noqa: E402
-from tsa_ros.data.labels import colorize  # noqa: E402
-from tsa_ros.ros import convert, qos  # noqa: E402
-from tsa_ros.ros.fusion_node import FusionNode  # noqa: E402
+from tsa_ros import fusion
+from tsa_ros.data.labels import colorize
+from tsa_ros.ros import convert, qos
+from tsa_ros.ros.fusion_node import FusionNode
 
 H, W, C = 16, 32, 19
 ROLES = ('teacher', 'student', 'adaptive')

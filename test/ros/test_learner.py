@@ -5,15 +5,15 @@ import pytest
 import torch
 
 pytest.importorskip('rclpy')
-from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
-from tsa_msgs.msg import LearnerStatus, ModelWeights, Segmentation  # noqa: E402
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+from tsa_msgs.msg import LearnerStatus, ModelWeights, Segmentation
 
-from tsa_ros.models import ModelConfig, build_model  # noqa: E402
-from tsa_ros.ros import convert, qos  # noqa: E402
-from tsa_ros.ros.common import DEMO_KEY  # noqa: E402
-from tsa_ros.ros.learner_node import LearnerNode  # noqa: E402
+from tsa_ros.models import ModelConfig, build_model
+from tsa_ros.ros import convert, qos
+from tsa_ros.ros.common import DEMO_KEY
+from tsa_ros.ros.learner_node import LearnerNode
 
 H, W, C = 32, 64, 19
 CONFIG = ModelConfig(input_size=(H, W))

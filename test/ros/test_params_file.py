@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 pytest.importorskip('rclpy')
-from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.parameter import Parameter
 
-from tsa_ros.data.bag import BagFrame, write_bag  # noqa: E402
-from tsa_ros.data.camera import CameraModel  # noqa: E402
+from tsa_ros.data.bag import BagFrame, write_bag
+from tsa_ros.data.camera import CameraModel
 
 REPO = Path(__file__).resolve().parents[2]
 

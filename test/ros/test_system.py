@@ -16,21 +16,21 @@ import torch
 import yaml
 
 pytest.importorskip('rclpy')
-from builtin_interfaces.msg import Time  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from sensor_msgs.msg import Image  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
-from tsa_msgs.msg import FusedSegmentation, ModelWeights, Segmentation  # noqa: E402
+from builtin_interfaces.msg import Time
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+from supervised_fit import fit
+from tsa_msgs.msg import FusedSegmentation, ModelWeights, Segmentation
 
-from tsa_ros.data.bag import BagReader  # noqa: E402
-from tsa_ros.data.export import export_bag  # noqa: E402
-from tsa_ros.fusion import majority_vote  # noqa: E402
-from tsa_ros.learning.supervised import fit  # noqa: E402
-from tsa_ros.metrics import ConfusionMatrix  # noqa: E402
-from tsa_ros.models import ModelConfig, build_model, load_checkpoint, save_checkpoint  # noqa: E402
-from tsa_ros.ros import qos  # noqa: E402
-from tsa_ros.ros.convert import image_msg, labels_from_image  # noqa: E402
-from tsa_ros.ros.graph import ROLES  # noqa: E402
+from tsa_ros.data.bag import BagReader
+from tsa_ros.data.export import export_bag
+from tsa_ros.fusion import majority_vote
+from tsa_ros.metrics import ConfusionMatrix
+from tsa_ros.models import ModelConfig, build_model, load_checkpoint, save_checkpoint
+from tsa_ros.ros import qos
+from tsa_ros.ros.convert import image_msg, labels_from_image
+from tsa_ros.ros.graph import ROLES
 
 TINY = Path(__file__).with_name('tiny.yaml')
 H, W = 64, 128

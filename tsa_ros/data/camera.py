@@ -61,7 +61,7 @@ class CameraModel:
         )
 
     @property
-    def K(self) -> np.ndarray:  # noqa: N802 - the usual name of the intrinsic matrix
+    def K(self) -> np.ndarray:
         """3x3 intrinsic matrix."""
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 

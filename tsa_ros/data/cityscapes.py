@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -359,17 +359,6 @@ class SequenceDataset:
             if fid == snippet.annotated:
                 label = ids_to_train_ids(read_label(self.layout.label(snippet.split, fid)))
             yield fid, rgb, label
-
-
-def check_cities_disjoint(root: str | Path, splits: Sequence[str]) -> None:
-    """Raise DataError when two of the given split folders share a city."""
-    layout = CityscapesLayout(Path(root))
-    seen: dict[str, str] = {}
-    for split in splits:
-        for fid in layout.frames(split):
-            other = seen.setdefault(fid.city, split)
-            if other != split:
-                raise DataError(f'city {fid.city!r} occurs in both {other!r} and {split!r}')
 
 
 __all__ = [

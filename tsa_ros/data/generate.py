@@ -60,7 +60,7 @@ PRESETS = {
         sequences={'val': 2},
         model_input=(64, 128),
     ),
-    # The CPU demo and experiments (issue #4): networks see 256x128, like the paper's 2x
+    # The CPU demo and experiments: networks see 256x128, like the paper's 2x
     # downscale of the native 512x256.
     'default': SynthPreset(
         'default',

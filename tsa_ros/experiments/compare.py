@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tsa_ros.data.cityscapes import DataError
 from tsa_ros.metrics import miou_ratio
 
 __all__ = ['Difference', 'compare_results', 'comparison_markdown', 'load_results']
@@ -52,7 +53,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
     try:
         return json.loads(file.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f'{file} is not valid JSON: {exc}') from None
+        raise DataError(f'{file} is not valid JSON: {exc}') from None
 
 
 def _pct(value: float | None) -> float | None:

@@ -64,6 +64,7 @@ import torch
 from tsa_ros.data.cityscapes import MANIFEST, LabeledDataset
 from tsa_ros.data.generate import PRESETS as DATA_PRESETS
 from tsa_ros.data.generate import generate
+from tsa_ros.errors import ConfigError
 from tsa_ros.experiments.adapt import AdaptConfig, adapt
 from tsa_ros.experiments.ae_sets import make_ae_set
 from tsa_ros.experiments.report import publish, report_markdown
@@ -460,10 +461,6 @@ class _Run:
             if key not in seen:
                 marker = f'sweep_{key}'
                 record = self.done(marker) if 'sweeps' not in self.force else None
-                if record is not None and 'ratio_s_ae10' not in record:
-                    # A marker of a run before the ε = 10 column: the finished adaptation
-                    # resumes as a no-op, so only the evaluation is redone.
-                    record = None
                 if record is None:
                     start = time.perf_counter()
                     name = reuse.get(key)
@@ -630,20 +627,20 @@ def run_paper(
     """
     if isinstance(preset, str):
         if preset not in PRESETS:
-            raise ValueError(f'unknown preset {preset!r}; choose from {sorted(PRESETS)}')
+            raise ConfigError(f'unknown preset {preset!r}; choose from {sorted(PRESETS)}')
         preset = PRESETS[preset]
     preset = dataclasses.replace(preset, **(overrides or {}))
     selected = list(stages) if stages else list(STAGES)
     for stage in (*selected, *force):
         if stage not in STAGES:
-            raise ValueError(f'unknown stage {stage!r}; choose from {STAGES}')
+            raise ConfigError(f'unknown stage {stage!r}; choose from {STAGES}')
     run_dir = Path(out) / (run or preset.name)
     sweeps_done = (
         run_dir / 'stages' / 'sweeps.json'
     ).is_file() and 'sweeps' not in stages_to_redo(force)
     if 'report' in selected and 'sweeps' not in selected and not sweeps_done:
         # Checked before any stage runs: the report draws Figs. 2-3 from the sweeps.
-        raise ValueError(
+        raise ConfigError(
             "stage 'report' plots the sweeps, which have not run: select 'sweeps' too, "
             "or leave 'report' out (results.json is written either way)"
         )

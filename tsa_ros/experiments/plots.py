@@ -17,13 +17,13 @@ import matplotlib
 
 matplotlib.use('Agg')  # headless: the experiment runs on servers and in CI
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from tsa_ros.data.cityscapes import LabeledDataset  # noqa: E402
-from tsa_ros.data.labels import IGNORE_ID, colorize  # noqa: E402
-from tsa_ros.fusion import majority_vote  # noqa: E402
+from tsa_ros.data.cityscapes import LabeledDataset
+from tsa_ros.data.labels import IGNORE_ID, colorize
+from tsa_ros.fusion import majority_vote
 
 __all__ = ['overlays', 'sweep_figure']
 

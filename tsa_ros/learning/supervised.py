@@ -8,7 +8,7 @@ run (config, checkpoints, resume, DDP) lives in :mod:`tsa_ros.learning.train`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -38,32 +38,6 @@ def supervised_step(
     loss.backward()
     optimizer.step()
     return float(loss.detach())
-
-
-def cycle(loader: Iterable) -> Iterator:
-    """Endless iteration over a data loader (a new epoch each pass)."""
-    while True:
-        yield from loader
-
-
-def fit(
-    model: nn.Module,
-    loader: Iterable,
-    *,
-    steps: int,
-    lr: float = 1e-4,
-    device: torch.device | str = 'cpu',
-) -> list[float]:
-    """Train ``model`` for ``steps`` steps with Adam and poly decay; returns the losses."""
-    model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    losses = []
-    batches = cycle(loader)
-    for step in range(steps):
-        set_lr(optimizer, poly_lr(lr, step, steps))
-        images, labels = next(batches)
-        losses.append(supervised_step(model, optimizer, images.to(device), labels.to(device)))
-    return losses
 
 
 @torch.no_grad()

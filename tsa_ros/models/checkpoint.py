@@ -245,7 +245,7 @@ def load_checkpoint(
         raise CheckpointError(f'checkpoint file not found: {path}')
     try:
         payload = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure here means "not loadable"
+    except Exception as exc:
         raise CheckpointError(
             f'cannot read checkpoint {path} (corrupted or not a tsa_ros checkpoint): '
             f'{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ""}'

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 def ros_problem() -> str | None:
     """None when rclpy and the package's messages import, else why not."""
+    import importlib
+
     try:
-        import rclpy  # noqa: F401
-        import tsa_msgs.msg  # noqa: F401
+        importlib.import_module('rclpy')
+        importlib.import_module('tsa_msgs.msg')
     except ImportError as exc:
         return f'{exc} (run `make setup`, or source a ROS 2 workspace that has tsa_msgs)'
     return None

@@ -21,6 +21,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from tsa_ros.errors import ConfigError
+
 GRAPHS = ('tsa', 'replay', 'attack_injection')
 ROLES = ('teacher', 'student', 'adaptive')
 
@@ -89,13 +91,13 @@ class GraphArgs:
 
     def __post_init__(self) -> None:
         if self.attack_target not in ('teacher', 'student'):
-            raise ValueError(
+            raise ConfigError(
                 f'attack_target must be teacher or student, not {self.attack_target!r}'
             )
         if not self.rate > 0:
-            raise ValueError(f'rate must be > 0, got {self.rate}')
+            raise ConfigError(f'rate must be > 0, got {self.rate}')
         if self.epsilon < 0:
-            raise ValueError(f'epsilon must be >= 0, got {self.epsilon}')
+            raise ConfigError(f'epsilon must be >= 0, got {self.epsilon}')
         self.namespace = self.namespace.strip('/')
 
     @classmethod
@@ -175,7 +177,7 @@ def role_network(params_file: str, role: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(params_file).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f'cannot read params file {params_file}: {exc}') from exc
+        raise ConfigError(f'cannot read params file {params_file}: {exc}') from exc
     section = {}
     for key, value in data.items():
         if str(key).rstrip('/').split('/')[-1] == role:
@@ -189,7 +191,7 @@ def role_network(params_file: str, role: str) -> dict[str, Any]:
 def describe(graph: str, args: GraphArgs | None = None) -> list[NodeSpec]:
     """The nodes of ``graph``; parameters here override the params file."""
     if graph not in GRAPHS:
-        raise ValueError(f'unknown graph {graph!r}; choose from {GRAPHS}')
+        raise ConfigError(f'unknown graph {graph!r}; choose from {GRAPHS}')
     args = args or GraphArgs()
     ns = '/' + args.namespace if args.namespace else ''
     image = (('image', args.image_topic),)
@@ -220,7 +222,7 @@ def describe(graph: str, args: GraphArgs | None = None) -> list[NodeSpec]:
 
     if graph in ('replay', 'attack_injection'):
         if not args.bag:
-            raise ValueError(f'the {graph} graph needs a bag (launch argument bag:=PATH)')
+            raise ConfigError(f'the {graph} graph needs a bag (launch argument bag:=PATH)')
         player = {
             'bag': args.bag,
             'rate': args.rate,

@@ -8,12 +8,38 @@ a 1 Hz timer publishes a ``diagnostic_msgs/DiagnosticArray``.
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 
 from tsa_ros.ros import qos
+
+#: Seconds between two log lines of one rejection reason.
+LOG_EVERY_S = 5.0
+
+
+class ReasonThrottle:
+    """Lets one event per key through every ``period_s`` seconds, each key on its own clock.
+
+    rclpy's ``throttle_duration_sec`` keys on the call site, so one frequent reason would
+    hide the first line of every other reason logged from the same line of code.
+    """
+
+    def __init__(self, period_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.period_s = period_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+
+    def allow(self, key: str) -> bool:
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.period_s:
+            return False
+        self._last[key] = now
+        return True
 
 
 class Health:
@@ -22,6 +48,7 @@ class Health:
     def __init__(self, node: Node, period_s: float = 1.0) -> None:
         self.node = node
         self._lock = threading.Lock()
+        self._log_throttle = ReasonThrottle(LOG_EVERY_S)
         self.counters: dict[str, int] = defaultdict(int)
         self._timings: dict[str, tuple[float, float]] = {}  # key -> (last, mean)
         self._values: dict[str, str] = {}
@@ -38,9 +65,9 @@ class Health:
         """Count a rejected input and log one line at most every 5 s per reason."""
         with self._lock:
             self.counters[f'rejected.{reason}'] += 1
-        self.node.get_logger().warning(
-            f'rejected input ({reason}): {detail}', throttle_duration_sec=5.0
-        )
+            log = self._log_throttle.allow(reason)
+        if log:
+            self.node.get_logger().warning(f'rejected input ({reason}): {detail}')
 
     def timing(self, key: str, ms: float) -> None:
         with self._lock:

@@ -76,13 +76,13 @@ def up(graph: str, args: GraphArgs, *, dry_run: bool = False, log_dir: str | Non
         logs.mkdir(parents=True, exist_ok=True)
     procs: dict[str, subprocess.Popen] = {}
     for name, cmd in commands.items():
-        out = open(logs / f'{name}.log', 'wb') if logs else None  # noqa: SIM115 - kept open
+        out = open(logs / f'{name}.log', 'wb') if logs else None
         procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None)
     print(f'tsa up {graph}: started {", ".join(procs)}', flush=True)
 
     stopping = False
 
-    def request_stop(signum, frame):  # noqa: ARG001 - signal handler signature
+    def request_stop(signum, frame):
         nonlocal stopping
         stopping = True
 
