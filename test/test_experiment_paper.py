@@ -4,6 +4,7 @@ import csv
 import json
 import re
 
+import numpy as np
 import torch
 
 from tsa_ros.cli import main
@@ -144,6 +145,27 @@ def test_tiny_paper_experiment_end_to_end_and_resume(tiny_root, tmp_path):
         assert (published / link).is_file(), link
     assert (published / 'results.json').is_file()
     assert not list(published.rglob('*.pt'))
+
+
+def test_compare_reads_reports_of_the_live_evaluator(tmp_path, capsys):
+    from tsa_ros.evaluation import build_report, write_report
+    from tsa_ros.metrics import ConfusionMatrix
+
+    def report(wrong):
+        cm = ConfusionMatrix(19)
+        gt = np.zeros((1, 4, 4), np.uint8)
+        pred = gt.copy()
+        pred[0, :wrong] = 1
+        cm.update(pred, gt)
+        return build_report({'fused': cm}, frames=1, missing={})
+
+    paths = []
+    for name, wrong in (('a', 0), ('b', 2)):
+        json_path, _ = write_report(report(wrong), tmp_path / f'{name}.json')
+        paths.append(str(json_path))
+    assert main(['experiment', 'compare', paths[0], paths[0]]) == 0
+    assert main(['experiment', 'compare', *paths]) == 1
+    assert '| evaluator mIoU: fused | 100.00 | 25.00 | 75.00 |' in capsys.readouterr().out
 
 
 def test_forcing_a_stage_redoes_the_stages_after_it():

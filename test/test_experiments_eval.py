@@ -127,6 +127,13 @@ def test_eval_cli_table(nets, sets, tmp_path, capsys):
     assert float(ratios['S'][1]) == pytest.approx(100 * direct['T-AE-1'] / direct['clean'])
     for row in results['rows']:
         assert float(ratios[row][0]) == pytest.approx(100.0)
+    # One schema with the live evaluator: a cell is a stream entry of build_report.
+    from tsa_ros.evaluation import build_report
+
+    entry = build_report({'S': cm}, frames=1, missing={})['streams']['S']
+    cell = results['results']['S']['T-AE-1']
+    assert set(cell) == set(entry) and cell['miou'] == pytest.approx(direct['T-AE-1'])
+    assert set(cell['iou']) == set(entry['iou'])  # by class name
 
     markdown = (out / 'table.md').read_text()
     assert markdown.startswith('# Table 1: mini validation set')

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from tsa_ros.learning.adaptive_checkpoint import AdaptiveCheckpoint, SavedState
 from tsa_ros.learning.losses import TSLossConfig
 from tsa_ros.learning.online import LearnerConfig, OnlineLearner
-from tsa_ros.models import ModelConfig, build_model
+from tsa_ros.models import CheckpointError, ModelConfig, build_model
 
 H, W, C = 32, 64, 19
 
@@ -143,3 +144,56 @@ def test_config_validation():
     with pytest.raises(ValueError, match='lr'):
         LearnerConfig(lr=0)
     assert LearnerConfig(loss={'alpha': 0.0}).loss.alpha == 0.0
+
+
+def test_versions_keep_growing_across_restarts(student, tmp_path):
+    """The checkpoint carries the published version; a restarted learner continues it."""
+    clock = [0.0]
+    path = tmp_path / 'adaptive.pt'
+    ckpt = AdaptiveCheckpoint(path, student.config, every_s=10.0, clock=lambda: clock[0])
+    assert ckpt.resume() is None and ckpt.version_offset == 0
+    learner = OnlineLearner(student, LearnerConfig(lr=1e-3, snapshot_every=1, device='cpu'))
+    images = torch.rand(1, 3, H, W) * 255
+    learner.train_step(images, torch.softmax(torch.randn(1, C, H, W), 1))
+    snap = learner.latest_snapshot()
+    assert ckpt.version(snap) == 1
+    assert not ckpt.due()  # 10 s since the start have not passed
+    clock[0] = 10.0
+    assert ckpt.due()
+    ckpt.write(SavedState(snap.state_dict, snap.step, ckpt.version(snap)))
+    assert not ckpt.due()
+
+    # A step after the last snapshot is saved under the next version on shutdown ...
+    learner.config.snapshot_every = 100
+    learner.train_step(images, torch.softmax(torch.randn(1, C, H, W), 1))
+    final = ckpt.final_state(learner, stopped=True)
+    assert (final.step, final.version) == (2, 2)
+    changed = [
+        k for k in snap.state_dict if not torch.equal(final.state_dict[k], snap.state_dict[k])
+    ]
+    assert changed
+    # ... unless the training thread did not stop: then the last snapshot is what is known.
+    assert ckpt.final_state(learner, stopped=False).version == 1
+    ckpt.write(final)
+
+    again = AdaptiveCheckpoint(path, student.config)
+    saved = again.resume()
+    assert (saved.step, saved.version, again.version_offset) == (2, 2, 2)
+    restarted = OnlineLearner(
+        student,
+        LearnerConfig(device='cpu'),
+        adaptive_state=saved.state_dict,
+        start_step=saved.step,
+    )
+    assert again.version(restarted.latest_snapshot()) == 2  # snapshot 0 of the new start
+    assert AdaptiveCheckpoint(None, student.config).due() is False
+
+
+def test_a_checkpoint_of_another_architecture_is_refused(student, tmp_path):
+    path = tmp_path / 'adaptive.pt'
+    AdaptiveCheckpoint(path, student.config, every_s=0).write(
+        SavedState(student.state_dict(), 0, 1)
+    )
+    other = ModelConfig(arch='erfnet', num_classes=7, input_size=student.config.input_size)
+    with pytest.raises(CheckpointError):
+        AdaptiveCheckpoint(path, other).resume()

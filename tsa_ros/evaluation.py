@@ -1,8 +1,11 @@
 """Evaluation reports: per-stream mIoU, per-class IoU and mIoU ratio, as JSON and Markdown.
 
-One report shape for the live evaluator node and the offline evaluation. A report is a plain,
-JSON-serialisable dict built from one :class:`~tsa_ros.metrics.ConfusionMatrix` per stream
-(``teacher``, ``student``, ``adaptive``, ``fused``, ...)::
+One report shape for the live evaluator node and the offline evaluation: the evaluator writes
+a whole report, and every cell of the offline tables (:func:`tsa_ros.experiments.evaluate`,
+``results[row][set]``) is one stream entry of the report of that set; ``tsa experiment
+compare`` reads both. A report is a plain, JSON-serialisable dict built from one
+:class:`~tsa_ros.metrics.ConfusionMatrix` per stream (``teacher``, ``student``, ``adaptive``,
+``fused``, ...)::
 
     {
       "frames": 40,                       # ground-truth frames evaluated
@@ -34,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from tsa_ros.data.labels import CLASS_NAMES
-from tsa_ros.metrics import ConfusionMatrix, miou_ratio
+from tsa_ros.metrics import ConfusionMatrix, format_number, miou_ratio, percent
 
 __all__ = [
     'build_report',
@@ -120,7 +123,7 @@ def build_report(
 
 
 def _pct(value: float | None) -> str:
-    return '—' if value is None else f'{100.0 * value:.2f}'
+    return format_number(percent(value), 2)
 
 
 def _ratio(value: float | None) -> str:

@@ -31,6 +31,8 @@ from tsa_ros.inference import as_numpy
 
 __all__ = [
     'ConfusionMatrix',
+    'format_number',
+    'percent',
     'mean_iou',
     'miou_ratio',
     'per_class_iou',
@@ -242,3 +244,17 @@ class ConfusionMatrix:
         cm.matrix[...] = m
         cm.missed[...] = missed
         return cm
+
+
+def percent(fraction: float | None) -> float | None:
+    """A fraction (mIoU, ratio, accuracy) in percent; ``None`` when undefined (None or NaN)."""
+    if fraction is None or math.isnan(fraction):
+        return None
+    return 100.0 * float(fraction)
+
+
+def format_number(value: float | None, digits: int = 1) -> str:
+    """``value`` with ``digits`` decimals, ``'—'`` when undefined (tables of the reports)."""
+    if value is None or math.isnan(value):
+        return '—'
+    return f'{value:.{digits}f}'

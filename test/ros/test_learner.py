@@ -27,7 +27,7 @@ def make_learner(ros, checkpoint='', **overrides):
         'learner.batch_size': 1,
         'learner.queue_size': 4,
         'learner.snapshot_every': 2,
-        'learner.device': 'cpu',
+        'device': 'cpu',
         'checkpoint_path': checkpoint,
         'join_timeout_s': 0.5,
         'status_period_s': 0.2,

@@ -11,6 +11,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from tsa_msgs.msg import LabelInfo, ModelWeights, Segmentation
 
+from tsa_ros.inference import Predictor
 from tsa_ros.models import ModelConfig, build_model
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.segmenter_node import SegmenterNode
@@ -164,13 +165,18 @@ def test_resize_runs_the_network_at_input_size_and_labels_at_frame_size(ros):
     make_node(ros, resize=True, publish_posteriors=True, posteriors_scale=0.5)
     probe = Probe(ros)
     probe.connect()
-    _, msg = frame(4, size=(36, 60))  # not a multiple of 8: fine when resizing
+    rgb, msg = frame(4, size=(36, 60))  # not a multiple of 8: fine when resizing
 
     labels_msg, seg = probe.answer(msg)
 
+    # Over DDS exactly what the offline inference path gives for the same frame.
+    offline = Predictor(offline_model(0), device='cpu', input_size=SIZE)
+    want = offline.predict(rgb, posteriors_scale=0.5)
     assert (labels_msg.height, labels_msg.width) == (36, 60)
-    assert convert.labels_from_image(labels_msg).max() <= 18
-    assert convert.posteriors_from_msg(seg).shape == (19, 18, 30)
+    np.testing.assert_array_equal(convert.labels_from_image(labels_msg), want.labels)
+    probs = convert.posteriors_from_msg(seg)
+    assert probs.shape == want.posteriors.shape == (19, 18, 30)
+    np.testing.assert_allclose(probs, want.posteriors, atol=1e-3)  # float16 on the wire
 
 
 def test_adaptive_swaps_signed_weights_and_rejects_bad_ones(ros):

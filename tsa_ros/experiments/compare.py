@@ -1,6 +1,8 @@
 """``tsa experiment compare``: do two runs of ``tsa experiment paper`` agree?
 
-Reads two ``results.json`` files and compares every number the findings rest on: the
+Reads two ``results.json`` files (or two reports of the live evaluator, which share the
+tables' cell schema, :mod:`tsa_ros.evaluation`) and compares every number the findings rest
+on: the
 mini-val mIoU T and S reached in training, the mIoU and the mIoU ratio of each cell of
 Tables 1 and 2, and the clean mIoU and S-AE ratios of each sweep point. Differences are in
 percentage points; a re-run "reproduces within noise" when the largest one is at most the
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tsa_ros.data.cityscapes import DataError
-from tsa_ros.metrics import miou_ratio
+from tsa_ros.metrics import format_number, miou_ratio, percent
 
 __all__ = ['Difference', 'compare_results', 'comparison_markdown', 'load_results']
 
@@ -56,32 +58,32 @@ def load_results(path: str | Path) -> dict[str, Any]:
         raise DataError(f'{file} is not valid JSON: {exc}') from None
 
 
-def _pct(value: float | None) -> float | None:
-    return None if value is None or math.isnan(value) else 100.0 * value
-
-
 def _cells(results: Mapping[str, Any]) -> Iterator[tuple[str, str, float | None]]:
     """(group, name, percent) of every table cell and sweep point of one run."""
+    for stream, entry in (results.get('streams') or {}).items():  # an evaluator report
+        yield 'evaluator mIoU', stream, percent(entry.get('miou'))
+        if 'miou_ratio' in entry:
+            yield 'evaluator ratio', stream, percent(entry['miou_ratio'])
     for stage in ('train_teacher', 'train_student'):
         record = (results.get('timings') or {}).get(stage) or {}
         if 'miou' in record:
-            yield 'training minival mIoU', stage, _pct(record['miou'])
+            yield 'training minival mIoU', stage, percent(record['miou'])
     for number in (1, 2):
         table = results.get(f'table{number}') or {}
         for row, cells in (table.get('results') or {}).items():
             clean = (cells.get('clean') or {}).get('miou')
             for column, cell in cells.items():
                 miou = cell.get('miou')
-                yield f'table{number} mIoU', f'{row} {column}', _pct(miou)
+                yield f'table{number} mIoU', f'{row} {column}', percent(miou)
                 if column != 'clean':
                     ratio = None if miou is None or clean is None else miou_ratio(miou, clean)
-                    yield f'table{number} ratio', f'{row} {column}', _pct(ratio)
+                    yield f'table{number} ratio', f'{row} {column}', percent(ratio)
     for point in results.get('sweeps') or []:
         name = f'{point["sweep"]} α={point["alpha"]:g} γ={point["gamma"]:g} p={point["p"]:g}'
-        yield 'sweeps clean mIoU', name, _pct(point.get('miou_clean'))
-        yield 'sweeps S-AE-1 ratio', name, _pct(point.get('ratio_s_ae1'))
+        yield 'sweeps clean mIoU', name, percent(point.get('miou_clean'))
+        yield 'sweeps S-AE-1 ratio', name, percent(point.get('ratio_s_ae1'))
         if 'ratio_s_ae10' in point:
-            yield 'sweeps S-AE-10 ratio', name, _pct(point['ratio_s_ae10'])
+            yield 'sweeps S-AE-10 ratio', name, percent(point['ratio_s_ae10'])
 
 
 def compare_results(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[Difference]:
@@ -90,10 +92,6 @@ def compare_results(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[Differen
     second = {(group, name): value for group, name, value in _cells(b)}
     keys = list(first) + [key for key in second if key not in first]
     return [Difference(g, n, first.get((g, n)), second.get((g, n))) for g, n in keys]
-
-
-def _fmt(value: float | None) -> str:
-    return '—' if value is None else f'{value:.2f}'
 
 
 def comparison_markdown(
@@ -146,7 +144,9 @@ def comparison_markdown(
             '|---|---:|---:|---:|',
         ]
         lines += [
-            f'| {d.group}: {d.name} | {_fmt(d.a)} | {_fmt(d.b)} | {d.delta:.2f} |' for d in moved
+            f'| {d.group}: {d.name} | {format_number(d.a, 2)} | {format_number(d.b, 2)} '
+            f'| {d.delta:.2f} |'
+            for d in moved
         ]
     timings = [
         (s, a.get('timings', {}).get(s, {}), b.get('timings', {}).get(s, {}))

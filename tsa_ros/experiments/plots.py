@@ -24,6 +24,7 @@ import torch
 from tsa_ros.data.cityscapes import LabeledDataset
 from tsa_ros.data.labels import IGNORE_ID, colorize
 from tsa_ros.fusion import majority_vote
+from tsa_ros.metrics import percent
 
 __all__ = ['overlays', 'sweep_figure']
 
@@ -35,7 +36,9 @@ _PANELS = (
 
 
 def _pct(value: Any) -> float:
-    return math.nan if value is None else 100.0 * float(value)
+    """Percent for matplotlib: NaN leaves a gap where a number is undefined."""
+    pct = percent(value)
+    return math.nan if pct is None else pct
 
 
 def sweep_figure(

@@ -7,7 +7,6 @@ reports nothing (fusion rows, sweep points only drawn in its figures).
 
 from __future__ import annotations
 
-import math
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 from tsa_ros.experiments.paper_reference import CLEAN_MIOU, SWEEP_POINTS, TABLES
 from tsa_ros.experiments.tables import STANDARD_SETS
-from tsa_ros.metrics import miou_ratio
+from tsa_ros.metrics import format_number, miou_ratio, percent
 
 __all__ = ['PUBLISHED', 'publish', 'report_markdown']
 
@@ -35,17 +34,13 @@ _TABLE_STAGES = ('data', 'train_teacher', 'train_student', 'adapt', 'ae_sets', '
 _SPLIT_NAMES = {'minival': 'mini validation', 'minitest': 'mini test'}
 
 
-def _pct(value: float | None) -> str:
-    return '—' if value is None or math.isnan(value) else f'{value:.1f}'
-
-
 def _ours(table: Mapping[str, Any], row: str, column: str) -> tuple[float | None, float | None]:
     """(mIoU %, ratio %) of one cell of an evaluated table; None where undefined."""
     cells = table['results'][row]
     miou = cells.get(column, {}).get('miou')
     clean = cells.get('clean', {}).get('miou')
-    ratio = None if miou is None or clean is None else 100.0 * miou_ratio(miou, clean)
-    return (None if miou is None else 100.0 * miou), ratio
+    ratio = None if miou is None or clean is None else percent(miou_ratio(miou, clean))
+    return percent(miou), ratio
 
 
 def _table(number: int, table: Mapping[str, Any]) -> list[str]:
@@ -68,7 +63,7 @@ def _table(number: int, table: Mapping[str, Any]) -> list[str]:
                 ours, paper = miou, paper_clean.get(row)
             else:
                 ours, paper = ratio, paper_ratio.get(row, {}).get(column)
-            cells.append(f'{_pct(ours)} / {_pct(paper)}')
+            cells.append(f'{format_number(ours)} / {format_number(paper)}')
         lines.append(f'| {row} | ' + ' | '.join(cells) + ' |')
     fused = table.get('fusion_of') or []
     if fused:
@@ -87,14 +82,12 @@ def _sweeps(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     for row in rows:
         key = (float(row['alpha']), float(row['gamma']), float(row['p']))
         paper = SWEEP_POINTS.get(key, (None, None))
-        clean = None if row['miou_clean'] is None else 100.0 * row['miou_clean']
-        ratio = None if row['ratio_s_ae1'] is None else 100.0 * row['ratio_s_ae1']
-        ratio10 = row.get('ratio_s_ae10')  # absent in runs before the ε = 10 column
-        ratio10 = None if ratio10 is None else 100.0 * ratio10
+        clean, ratio = percent(row['miou_clean']), percent(row['ratio_s_ae1'])
+        ratio10 = percent(row.get('ratio_s_ae10'))  # absent in runs before the ε = 10 column
         lines.append(
             f'| {row["sweep"]} | {row["alpha"]:g} | {row["gamma"]:g} | {row["p"]:g} | '
-            f'{_pct(clean)} / {_pct(paper[0])} | {_pct(ratio)} / {_pct(paper[1])} | '
-            f'{_pct(ratio10)} |'
+            f'{format_number(clean)} / {format_number(paper[0])} | '
+            f'{format_number(ratio)} / {format_number(paper[1])} | {format_number(ratio10)} |'
         )
     figures = ['![Fig. 2 analogue](fig2_alpha.png)', '', '![Fig. 3 analogue](fig3_gamma.png)']
     return [*lines, '', *figures, '']

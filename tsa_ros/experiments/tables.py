@@ -22,6 +22,7 @@ import torch
 
 from tsa_ros.data.cityscapes import LabeledDataset
 from tsa_ros.data.labels import CLASS_NAMES, IGNORE_ID
+from tsa_ros.evaluation import build_report
 from tsa_ros.fusion import majority_vote, posterior_fusion_labels
 from tsa_ros.inference import Predictor
 from tsa_ros.metrics import ConfusionMatrix, miou_ratio
@@ -60,19 +61,6 @@ def _provenance(dataset: LabeledDataset) -> dict[str, Any]:
     }
 
 
-def _cell(cm: ConfusionMatrix) -> dict[str, Any]:
-    def plain(value: float) -> float | None:
-        return None if math.isnan(value) else float(value)
-
-    return {
-        'miou': plain(cm.miou()),
-        'iou': [plain(v) for v in cm.iou()],
-        'pixel_accuracy': plain(cm.pixel_accuracy()),
-        'pixels': cm.total,
-        'confusion': cm.to_dict(),
-    }
-
-
 def evaluate(
     models: Mapping[str, SegmentationNet],
     sets: Mapping[str, LabeledDataset],
@@ -92,8 +80,10 @@ def evaluate(
 
     Returns:
         ``{'rows', 'columns', 'class_names', 'sets': {name: provenance},
-        'results': {row: {set: {'miou', 'iou', 'pixel_accuracy', 'pixels', 'confusion'}}}}``
-        with mIoU / IoU as fractions (None where undefined).
+        'results': {row: {set: cell}}}`` where each cell is a stream entry of
+        :func:`tsa_ros.evaluation.build_report` (``miou``, ``iou`` by class name,
+        ``pixel_accuracy``, ``pixels``, ``missing``, ``confusion``), mIoU / IoU as fractions
+        (None where undefined).
     """
     if not models:
         raise ValueError('need at least one model')
@@ -133,8 +123,10 @@ def evaluate(
                     target,
                 )
                 cms['posterior'].update(posterior_fusion_labels(post_list), target)
+        # One schema with the live evaluator: each cell is a stream entry of build_report.
+        report = build_report(cms, frames=len(dataset), missing={})
         for row in rows:
-            results[row][set_name] = _cell(cms[row])
+            results[row][set_name] = report['streams'][row]
 
     names = list(CLASS_NAMES) if num_classes == len(CLASS_NAMES) else None
     return {

@@ -22,7 +22,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -32,8 +31,8 @@ from std_msgs.msg import Header
 from tsa_msgs.msg import LearnerStatus, ModelWeights, Segmentation
 
 from tsa_ros.inference import resize_frame
+from tsa_ros.learning.adaptive_checkpoint import AdaptiveCheckpoint, SavedState
 from tsa_ros.learning.online import LearnerConfig, OnlineLearner, WeightSnapshot
-from tsa_ros.models import build_model, load_checkpoint, save_checkpoint
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import arch_id, declare_network, run, weights_key
 from tsa_ros.ros.health import Health
@@ -103,28 +102,23 @@ class LearnerNode(Node):
         self.health = Health(self)
         self.health.set('arch', self._arch)
 
-        # Resume: A's weights, step and snapshot version from the last checkpoint.
-        adaptive_state, start_step, self._version_offset = None, 0, 0
-        path = self.params.checkpoint_path
-        if path and Path(path).is_file():
-            # A checkpoint for another model is a configuration error: fail loudly instead of
-            # overwriting it later with a fresh A.
-            saved, meta = load_checkpoint(path, expected=self._model_config)
-            adaptive_state = saved.state_dict()
-            start_step = int(meta['extra'].get('step', 0))
-            self._version_offset = int(meta['extra'].get('version', 0))
+        # Resume: A's weights, step and snapshot version from the last checkpoint (a
+        # checkpoint of another architecture fails loudly instead of being overwritten).
+        self._ckpt = AdaptiveCheckpoint(
+            self.params.checkpoint_path, self._model_config, self.params.checkpoint_every_s
+        )
+        saved = self._ckpt.resume()
+        if saved is not None:
             self.get_logger().info(
-                f'resumed A from {path}: step {start_step}, version {self._version_offset}'
+                f'resumed A from {self._ckpt.path}: step {saved.step}, version {saved.version}'
             )
         self.learner = OnlineLearner(
-            student, self.config, adaptive_state=adaptive_state, start_step=start_step
+            student,
+            self.config,
+            adaptive_state=None if saved is None else saved.state_dict,
+            start_step=0 if saved is None else saved.step,
         )
         del student  # the learner holds its own copies (frozen S and trainable A)
-        # A CPU model that snapshots are loaded into for save_checkpoint (which wants a
-        # SegmentationNet); touched only under the checkpoint lock.
-        self._ckpt_model = build_model(self._model_config) if path else None
-        self._ckpt_lock = threading.Lock()
-        self._last_ckpt = time.monotonic()
         self._closed = False
 
         self._weights_pub = self.create_publisher(ModelWeights, '~/weights', qos.LATCHED)
@@ -145,9 +139,8 @@ class LearnerNode(Node):
         self.create_timer(self.params.status_period_s, self.on_status_timer)
 
         # A resumed A differs from S: latch it at once so the adaptive segmenter catches up.
-        initial = self.learner.latest_snapshot()
-        if self._version_offset >= 1:
-            self._publish_weights(initial)
+        if self._ckpt.version_offset >= 1:
+            self._publish_weights(self.learner.latest_snapshot())
         # Registered after construction, so the learner's own version-0 snapshot (= S, or
         # the resumed A just published) never goes out twice.
         self.learner.snapshot_callbacks.append(self.on_snapshot)
@@ -236,19 +229,16 @@ class LearnerNode(Node):
         """
         try:
             self._publish_weights(snap)
-            due = time.monotonic() - self._last_ckpt >= self.params.checkpoint_every_s
-            if self._ckpt_model is not None and due:
-                self._write_checkpoint(snap.state_dict, snap.step, self._version(snap))
+            if self._ckpt.due():
+                self._write_checkpoint(
+                    SavedState(snap.state_dict, snap.step, self._ckpt.version(snap))
+                )
         except Exception as exc:  # an exception here would end the training thread
             self.health.count('snapshot_errors')
             self.get_logger().error(f'snapshot {snap.version} not published: {exc}')
 
-    def _version(self, snap: WeightSnapshot) -> int:
-        """The published version: the learner counts from 0 at every start."""
-        return self._version_offset + snap.version
-
     def _publish_weights(self, snap: WeightSnapshot) -> None:
-        version = self._version(snap)
+        version = self._ckpt.version(snap)
         header = Header(stamp=self.get_clock().now().to_msg())
         msg = convert.weights_msg(
             header,
@@ -263,14 +253,9 @@ class LearnerNode(Node):
         self.health.count('snapshots.published')
         self.health.set('published_version', version)
 
-    def _write_checkpoint(self, state_dict: dict, step: int, version: int) -> None:
-        path = self.params.checkpoint_path
-        with self._ckpt_lock:
-            start = time.perf_counter()
-            self._ckpt_model.load_state_dict(state_dict)
-            # save_checkpoint writes a temp file in the same folder and os.replace-s it.
-            save_checkpoint(path, self._ckpt_model, extra={'step': step, 'version': version})
-            self._last_ckpt = time.monotonic()
+    def _write_checkpoint(self, state: SavedState) -> None:
+        start = time.perf_counter()
+        self._ckpt.write(state)
         self.health.timing('checkpoint', 1e3 * (time.perf_counter() - start))
         self.health.count('checkpoints.written')
 
@@ -280,7 +265,7 @@ class LearnerNode(Node):
         msg = LearnerStatus(
             header=Header(stamp=self.get_clock().now().to_msg()),
             step=stats.step,
-            snapshot_version=self._version_offset + stats.snapshot_version,
+            snapshot_version=self._ckpt.version_offset + stats.snapshot_version,
             ce_loss=stats.ce,
             fm_loss=stats.fm,
             ifm_loss=stats.ifm,
@@ -313,22 +298,13 @@ class LearnerNode(Node):
             stopped = True
         except (TimeoutError, RuntimeError) as exc:
             self.get_logger().error(f'online learner did not stop cleanly: {exc!r}')
-        if self._ckpt_model is None:
+        if self._ckpt.path is None:
             return
-        snap = self.learner.latest_snapshot()
-        state, step, version = snap.state_dict, snap.step, self._version(snap)
-        if stopped and self.learner.stats.step > snap.step:
-            # A moved on since its last snapshot: keep that progress under a fresh version,
-            # so one version number never names two different sets of weights.
-            live = self.learner.adaptive.state_dict()
-            state = {k: v.detach().to('cpu') for k, v in live.items()}
-            step, version = self.learner.stats.step, version + 1
-        # Otherwise (thread failed or still running) the last snapshot is the last known
-        # consistent state.
+        state = self._ckpt.final_state(self.learner, stopped)
         try:
-            self._write_checkpoint(state, step, version)
+            self._write_checkpoint(state)
             self.get_logger().info(
-                f'checkpoint of A at step {step}, version {version}: {self.params.checkpoint_path}'
+                f'checkpoint of A at step {state.step}, version {state.version}: {self._ckpt.path}'
             )
         except Exception as exc:
             self.get_logger().error(f'final checkpoint not written: {exc!r}')
