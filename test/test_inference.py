@@ -158,3 +158,28 @@ def test_predictor_at_frame_size_checks_the_network_rule(erfnet):
         predictor.predict(frame, posteriors_scale=1.5)
     with pytest.raises(ValueError, match='divisible by 8'):
         Predictor(erfnet, device='cpu', input_size=(20, 30))
+
+
+def test_with_weights_swaps_a_copy_and_refuses_misfits(erfnet):
+    predictor = Predictor(erfnet, device='cpu', input_size=(16, 32))
+    frame = np.random.default_rng(3).integers(0, 256, (16, 32, 3), dtype=np.uint8)
+    before = predictor.predict(frame).labels
+    state = {k: torch.zeros_like(v) for k, v in erfnet.state_dict().items()}
+    zeroed = predictor.with_weights(state)
+    assert zeroed.model is not predictor.model and zeroed.input_size == (16, 32)
+    np.testing.assert_array_equal(predictor.predict(frame).labels, before)  # untouched
+    assert not np.array_equal(zeroed.predict(frame).labels, before)
+    with pytest.raises(ValueError, match='do not fit'):
+        predictor.with_weights({'nonsense': torch.zeros(1)})
+    predictor.warmup((16, 32))
+
+
+def test_overlay_blends_the_mask_over_the_frame():
+    from tsa_ros.data.labels import colorize, overlay
+
+    rgb = np.full((2, 2, 3), 100, np.uint8)
+    color = colorize(np.zeros((2, 2), np.uint8))  # road: (128, 64, 128)
+    np.testing.assert_array_equal(overlay(rgb, color, 0.5)[0, 0], [114, 82, 114])
+    np.testing.assert_array_equal(overlay(rgb, color, 0.0), rgb)
+    with pytest.raises(ValueError, match='alpha'):
+        overlay(rgb, color, 1.5)

@@ -197,3 +197,40 @@ def test_a_checkpoint_of_another_architecture_is_refused(student, tmp_path):
     other = ModelConfig(arch='erfnet', num_classes=7, input_size=student.config.input_size)
     with pytest.raises(CheckpointError):
         AdaptiveCheckpoint(path, other).resume()
+
+
+def test_pairing_joins_by_stamp_resizes_and_counts(student):
+    from collections import Counter
+
+    from tsa_ros.learning.pairing import TeacherPairing
+
+    learner = OnlineLearner(student, LearnerConfig(queue_size=8, device='cpu'))
+    counts, rejected = Counter(), []
+    pairing = TeacherPairing(
+        learner,
+        input_size=(H, W),
+        resize=True,
+        max_pending=4,
+        timeout=1.0,
+        count=lambda name: counts.update([name]),
+        reject=lambda reason, detail: rejected.append(reason),
+    )
+    rng = np.random.default_rng(0)
+    probs = np.full((C, H // 2, W // 2), 1.0 / C, np.float32)
+    big = rng.integers(0, 256, (2 * H, 2 * W, 3), dtype=np.uint8)
+    pairing.add_teacher(10, probs, now=0.0)  # posteriors first, the frame later: any order
+    pairing.add_frame(10, big, now=0.1)  # resized to A's input size
+    assert counts['pairs.submitted'] == 1 and learner.queue_length == 1
+    pairing.add_frame(10, big, now=0.2)  # the stamp is complete already: late
+    assert counts['image.late'] == 1
+
+    pairing.add_frame(20, big, now=0.3)  # the teacher never answers ...
+    pairing.expire(now=5.0)  # ... and the frame is given up, not trained on
+    assert counts['image.unmatched'] == 1 and learner.queue_length == 1
+
+    strict = TeacherPairing(learner, input_size=(H, W), resize=False, max_pending=4, timeout=1)
+    with pytest.raises(ValueError, match='set resize:=true'):
+        strict.add_frame(30, big, now=0.0)
+    with pytest.raises(ValueError, match=f'need \\({C}, H, W\\)'):
+        strict.add_teacher(30, probs[:3], now=0.0)
+    assert not rejected

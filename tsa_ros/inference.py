@@ -17,6 +17,7 @@ mode, ``torch.inference_mode``) and applies these rules; it holds no ROS types.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -225,6 +226,23 @@ class Predictor:
     @property
     def num_classes(self) -> int:
         return self.model.num_classes
+
+    def with_weights(self, state_dict: dict[str, Tensor]) -> Predictor:
+        """A new predictor running a copy of the network with ``state_dict`` loaded.
+
+        This one keeps serving meanwhile (a weight swap never touches the running model).
+        Raises ``ValueError`` when the weights do not fit the network.
+        """
+        fresh = copy.deepcopy(self.model)
+        try:
+            fresh.load_state_dict(state_dict, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f'weights do not fit the network: {exc}') from exc
+        return Predictor(fresh, device=self.device, input_size=self.input_size)
+
+    def warmup(self, size: tuple[int, int]) -> None:
+        """One forward pass on a black ``(H, W)`` frame, so the first real frame is not slow."""
+        self.predict(np.zeros((*size, 3), np.uint8))
 
     def network_size(self, height: int, width: int) -> tuple[int, int]:
         """The ``(H, W)`` the network sees for a frame of ``height`` x ``width``."""

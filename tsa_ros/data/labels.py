@@ -54,6 +54,14 @@ def colorize(train_ids: np.ndarray) -> np.ndarray:
     return _COLOR_LUT[np.asarray(train_ids, dtype=np.uint8)]
 
 
+def overlay(rgb: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """A colour mask (:func:`colorize`) blended over an RGB frame; ``alpha`` weighs the mask."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f'alpha must be in [0, 1], got {alpha}')
+    blend = (1.0 - alpha) * np.asarray(rgb, np.float32) + alpha * np.asarray(color, np.float32)
+    return np.clip(np.round(blend), 0, 255).astype(np.uint8)
+
+
 def class_histogram(train_ids: np.ndarray, *, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """Pixel counts per trainId (length ``num_classes``; ignore pixels are not counted)."""
     flat = np.asarray(train_ids, dtype=np.uint8).ravel()

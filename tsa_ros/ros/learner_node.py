@@ -19,27 +19,24 @@ Topics (relative; the graph runs in ``/tsa``):
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from tsa_msgs.msg import LearnerStatus, ModelWeights, Segmentation
 
-from tsa_ros.inference import resize_frame
 from tsa_ros.learning.adaptive_checkpoint import AdaptiveCheckpoint, SavedState
 from tsa_ros.learning.online import LearnerConfig, OnlineLearner, WeightSnapshot
+from tsa_ros.learning.pairing import TeacherPairing
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import arch_id, declare_network, run, weights_key
 from tsa_ros.ros.health import Health
 from tsa_ros.ros.params import declare_dataclass
-from tsa_ros.sync import JoinedGroup, StampJoiner, stamp_ns
+from tsa_ros.sync import stamp_ns
 
-IMAGE, TEACHER = 'image', 'teacher'
 #: Seconds close() waits for the training thread to finish its current step (a CPU step at
 #: full resolution can take seconds).
 STOP_TIMEOUT_S = 30.0
@@ -124,12 +121,14 @@ class LearnerNode(Node):
         self._weights_pub = self.create_publisher(ModelWeights, '~/weights', qos.LATCHED)
         self._status_pub = self.create_publisher(LearnerStatus, '~/status', qos.RESULTS)
 
-        # The joiner is shared by the two subscriptions and the expiry timer.
-        self._join_lock = threading.Lock()
-        self._joiner = StampJoiner(
-            (IMAGE, TEACHER),
+        self._pairing = TeacherPairing(
+            self.learner,
+            input_size=self._model_config.input_size,
+            resize=self.params.resize,
             max_pending=self.params.max_pending,
             timeout=self.params.join_timeout_s,
+            count=self.health.count,
+            reject=self.health.reject,
         )
         self.create_subscription(Image, 'image', self.on_image, qos.SENSOR)
         self.create_subscription(
@@ -154,21 +153,13 @@ class LearnerNode(Node):
     # ------------------------------------------------------------------------ inputs
     def on_image(self, msg: Image) -> None:
         try:
-            rgb = convert.image_to_rgb(msg)
+            self._pairing.add_frame(
+                stamp_ns(msg.header), convert.image_to_rgb(msg), time.monotonic()
+            )
         except convert.MessageError as exc:
             self.health.reject('image', str(exc))
-            return
-        height, width = self._model_config.input_size
-        if rgb.shape[:2] != (height, width):
-            if not self.params.resize:
-                self.health.reject(
-                    'size',
-                    f'frame {rgb.shape[1]}x{rgb.shape[0]} != model.input_size {width}x{height}; '
-                    'set resize:=true to resize frames',
-                )
-                return
-            rgb = resize_frame(rgb, (height, width))  # the segmenters' rule
-        self._add(IMAGE, msg.header, rgb)
+        except ValueError as exc:
+            self.health.reject('size', str(exc))
 
     def on_teacher(self, msg: Segmentation) -> None:
         try:
@@ -183,41 +174,13 @@ class LearnerNode(Node):
                 'posteriors; enable publish_posteriors on the teacher segmenter',
             )
             return
-        classes = self._model_config.num_classes
-        if probs.shape[0] != classes:
-            self.health.reject(
-                'posteriors', f'{probs.shape[0]} posterior classes, the model has {classes}'
-            )
-            return
-        self._add(TEACHER, msg.header, probs)
-
-    def _add(self, stream: str, header: Header, item: np.ndarray) -> None:
-        with self._join_lock:
-            late = self._joiner.late
-            groups = self._joiner.add(stream, stamp_ns(header), item, time.monotonic())
-            if self._joiner.late > late:
-                self.health.count(f'{stream}.late')
-        self._handle(groups)
+        try:
+            self._pairing.add_teacher(stamp_ns(msg.header), probs, time.monotonic())
+        except ValueError as exc:
+            self.health.reject('posteriors', str(exc))
 
     def on_expire_timer(self) -> None:
-        with self._join_lock:
-            groups = self._joiner.expire(time.monotonic())
-        self._handle(groups)
-
-    def _handle(self, groups: list[JoinedGroup]) -> None:
-        for group in groups:
-            if group.missing:
-                # A frame without teacher posteriors has no target: it is not trained on.
-                for stream in group.items:
-                    self.health.count(f'{stream}.unmatched')
-                continue
-            try:
-                # Never blocks: a full queue drops its oldest frame (counted by the learner).
-                self.learner.submit(group.items[IMAGE], group.items[TEACHER])
-            except ValueError as exc:
-                self.health.reject('pair', str(exc))
-                continue
-            self.health.count('pairs.submitted')
+        self._pairing.expire(time.monotonic())
 
     # ------------------------------------------------------------------------ snapshots
     def on_snapshot(self, snap: WeightSnapshot) -> None:

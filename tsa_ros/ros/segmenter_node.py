@@ -16,20 +16,17 @@ Topics (relative; the graph runs in ``/tsa`` and remaps ``image`` to the camera)
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from dataclasses import dataclass
 
-import cv2
-import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from tsa_msgs.msg import LabelInfo, ModelWeights, Segmentation
 
-from tsa_ros.data.labels import colorize
+from tsa_ros.data.labels import colorize, overlay
 from tsa_ros.inference import Predictor
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import arch_id, declare_network, run, weights_key
@@ -149,9 +146,8 @@ class SegmenterNode(Node):
             return self._version
 
     def _warmup(self) -> None:
-        height, width = self._config.input_size
         start = time.perf_counter()
-        self._predictor.predict(np.zeros((height, width, 3), np.uint8))
+        self._predictor.warmup(self._config.input_size)
         self.get_logger().info(
             f'warm-up forward took {1e3 * (time.perf_counter() - start):.0f} ms'
         )
@@ -203,14 +199,13 @@ class SegmenterNode(Node):
             if wants_color:
                 self._color_pub.publish(convert.image_msg(color, 'rgb8', header))
             if wants_overlay:
-                alpha = self.params.overlay_alpha
-                overlay = cv2.addWeighted(np.ascontiguousarray(rgb), 1.0 - alpha, color, alpha, 0)
-                self._overlay_pub.publish(convert.image_msg(overlay, 'rgb8', header))
+                blend = overlay(rgb, color, self.params.overlay_alpha)
+                self._overlay_pub.publish(convert.image_msg(blend, 'rgb8', header))
 
     def on_weights(self, msg: ModelWeights) -> None:
         """Verify a snapshot, load it into a copy of the model and swap it in atomically."""
         with self._lock:
-            model, version = self._predictor.model, self._version
+            current, version = self._predictor, self._version
         if msg.version <= version:
             self.health.reject(
                 'weights_version', f'snapshot version {msg.version} <= loaded version {version}'
@@ -223,13 +218,11 @@ class SegmenterNode(Node):
             return
         # Load off the inference path: frames keep using the current model meanwhile.
         start = time.perf_counter()
-        fresh = copy.deepcopy(model)
         try:
-            fresh.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
+            predictor = current.with_weights(state)
+        except ValueError as exc:
             self.health.reject('weights', f'snapshot version {msg.version}: {exc}')
             return
-        predictor = Predictor(fresh, device=self._device, input_size=self._input_size)
         with self._lock:
             if msg.version <= self._version:  # a newer snapshot won meanwhile
                 return
