@@ -431,6 +431,26 @@ def _add_experiment_command(sub: argparse._SubParsersAction) -> None:
     )
     q.set_defaults(func=compare.main_from_args)
 
+    from tsa_ros.experiments import study
+
+    q = which.add_parser(
+        'length-study',
+        help="S's clean mIoU and S-AE ratios against training length (checkpoints of one run)",
+    )
+    q.add_argument('--data', required=True, help='data root (Cityscapes layout)')
+    q.add_argument(
+        '--checkpoints', nargs='+', required=True, help='S at several steps (tsa train keep_steps)'
+    )
+    q.add_argument('--out', required=True, help='output folder (AE sets cached in OUT/ae)')
+    q.add_argument('--split', default='minitest', help='split the numbers are measured on')
+    q.add_argument(
+        '--epsilon', type=float, nargs='+', default=[1.0, 10.0], help='attack strengths'
+    )
+    q.add_argument('--batch-size', type=int, default=4)
+    q.add_argument('--device', default='cpu', help='cpu, cuda, cuda:N or auto')
+    q.add_argument('--quiet', action='store_true', help='no progress lines')
+    q.set_defaults(func=study.main_from_args)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from tsa_ros.data.cityscapes import UnlabeledDataset
-from tsa_ros.inference import resolve_device
+from tsa_ros.inference import Predictor, resolve_device
 from tsa_ros.learning.online import LearnerConfig, OnlineLearner
 from tsa_ros.learning.supervised import poly_lr
 from tsa_ros.models import load_checkpoint, save_checkpoint
@@ -118,6 +118,7 @@ def adapt(
     ckpt, state_path, log_path = (out / f'{name}{s}' for s in ('.pt', '.state.pt', '.log.jsonl'))
 
     t_model, _ = load_checkpoint(teacher, map_location=dev)
+    t_predictor = Predictor(t_model, device=dev)
     s_model, _ = load_checkpoint(student, map_location='cpu')
     height, width = s_model.config.input_size
     learner_cfg = dataclasses.replace(cfg.learner, device=str(dev))
@@ -154,8 +155,7 @@ def adapt(
                 for group in learner.optimizer.param_groups:
                     group['lr'] = lr
             images = images.to(dev)
-            with torch.inference_mode():
-                probs = t_model.posteriors(images)  # (N, C, H, W), the soft labels of eq. 3
+            _, probs = t_predictor.infer(images, posteriors=True)  # (N, C, H, W): eq. 3 targets
             terms = learner.train_step(images, probs.clone())
             step += 1
             bar.update()

@@ -24,6 +24,7 @@ import torch
 from tsa_ros.data.cityscapes import LabeledDataset
 from tsa_ros.data.labels import IGNORE_ID, colorize
 from tsa_ros.fusion import majority_vote
+from tsa_ros.inference import Predictor
 from tsa_ros.metrics import percent
 
 __all__ = ['overlays', 'sweep_figure']
@@ -85,6 +86,7 @@ def overlays(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shown = ('S', 'A', 'A+IFM')
+    predictors = {name: Predictor(model, device=device) for name, model in models.items()}
     written = []
     for index in range(frames):
         fig, axes = plt.subplots(
@@ -93,9 +95,8 @@ def overlays(
         axes = np.atleast_2d(axes)
         for row, (set_name, dataset) in enumerate(sets.items()):
             image, label = dataset[index]
-            with torch.no_grad():
-                x = image.unsqueeze(0).to(device)
-                preds = {n: m(x).argmax(1)[0].cpu().numpy() for n, m in models.items()}
+            x = image.unsqueeze(0)  # already at the networks' size
+            preds = {n: p.infer(x)[0][0].cpu().numpy() for n, p in predictors.items()}
             fused = majority_vote([preds['T'], preds['S'], preds['A+IFM']], ignore_index=IGNORE_ID)
             panels = [
                 ('image', image.permute(1, 2, 0).numpy().astype(np.uint8)),
