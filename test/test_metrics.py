@@ -252,3 +252,24 @@ def test_properties(pred, gt, perm):
     in_gt = np.isin(np.arange(5), gt[gt != IGN])
     np.testing.assert_array_equal(perfect.iou()[in_gt], 1.0)
     assert np.isnan(perfect.iou()[~in_gt]).all()
+
+
+def test_stream_evaluation_counts_missing_and_mismatched_streams():
+    from tsa_ros.evaluation import StreamEvaluation
+
+    evaluation = StreamEvaluation(['teacher', 'fused'], num_classes=3)
+    gt = np.array([[0, 1], [2, 255]], np.uint8)
+    assert evaluation.add(7, gt, {'teacher': gt.copy(), 'fused': gt.copy()}) == []
+    problems = evaluation.add(8, gt, {'fused': np.zeros((3, 2), np.uint8)})
+    assert problems[0] == ('teacher', 'missing')
+    assert (
+        problems[1][0] == 'fused' and 'fused labels are 2x3, ground truth is 2x2' in problems[1][1]
+    )
+    assert evaluation.frames == 2 and evaluation.missing == {'teacher': 1, 'fused': 1}
+    assert evaluation.stamps == {'teacher': [7], 'fused': [7]}
+    assert evaluation.miou() == {'teacher': 1.0, 'fused': 1.0}
+    report = evaluation.report()
+    assert report['frames'] == 2 and report['streams']['fused']['missing'] == 1
+    with pytest.raises(ValueError, match=r'values \[7\] are not trainIds'):
+        evaluation.check_ground_truth(np.array([[7, 0]], np.uint8))
+    evaluation.check_ground_truth(gt)

@@ -32,14 +32,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tsa_ros.data.labels import CLASS_NAMES
+import numpy as np
+
+from tsa_ros.data.labels import CLASS_NAMES, IGNORE_ID, NUM_CLASSES
 from tsa_ros.metrics import ConfusionMatrix, format_number, miou_ratio, percent
 
 __all__ = [
+    'StreamEvaluation',
     'build_report',
     'load_report',
     'report_markdown',
@@ -120,6 +123,75 @@ def build_report(
         'streams': streams,
         'clean': clean is not None,
     }
+
+
+class StreamEvaluation:
+    """Running evaluation of several label streams against ground truth, frame by frame.
+
+    What the live evaluator accumulates between reports: one confusion matrix per stream,
+    the frames each stream missed (no labels, or labels of another size than the ground
+    truth) and the stamps each stream was scored on.
+
+    Args:
+        streams: stream names (``teacher``, ``student``, ``adaptive``, ``fused`` ...).
+        num_classes: number of trainId classes C.
+        ignore_index: ground-truth label that is not evaluated.
+    """
+
+    def __init__(
+        self, streams: Sequence[str], num_classes: int = NUM_CLASSES, ignore_index: int = IGNORE_ID
+    ) -> None:
+        self.streams = tuple(streams)
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrices = {s: ConfusionMatrix(num_classes, ignore_index) for s in self.streams}
+        self.missing = dict.fromkeys(self.streams, 0)
+        self.stamps: dict[str, list[int]] = {s: [] for s in self.streams}
+        self.frames = 0
+
+    def check_ground_truth(self, gt: np.ndarray) -> None:
+        """Raise ``ValueError`` naming values of ``gt`` that are neither trainIds nor ignore."""
+        bad = (gt >= self.num_classes) & (gt != self.ignore_index)
+        if bad.any():
+            values = np.unique(gt[bad])[:5].tolist()
+            raise ValueError(f'values {values} are not trainIds or {self.ignore_index}')
+
+    def add(
+        self, stamp: int, gt: np.ndarray, labels: Mapping[str, np.ndarray]
+    ) -> list[tuple[str, str]]:
+        """Score one frame: ``labels`` maps the streams that delivered to their label maps.
+
+        Returns ``(stream, problem)`` for every stream counted missing for this frame
+        (``'missing'``, or a text naming a size mismatch).
+        """
+        self.frames += 1
+        problems = []
+        for stream in self.streams:
+            pred = labels.get(stream)
+            if pred is None:
+                problems.append((stream, 'missing'))
+            elif pred.shape != gt.shape:
+                problems.append(
+                    (
+                        stream,
+                        f'{stream} labels are {pred.shape[1]}x{pred.shape[0]}, ground truth '
+                        f'is {gt.shape[1]}x{gt.shape[0]} (stamp {stamp}); counted missing',
+                    )
+                )
+            else:
+                self.matrices[stream].update(pred, gt)
+                self.stamps[stream].append(stamp)
+                continue
+            self.missing[stream] += 1
+        return problems
+
+    def miou(self) -> dict[str, float]:
+        """The running mIoU of every stream (NaN before any scored frame)."""
+        return {s: float(self.matrices[s].miou()) for s in self.streams}
+
+    def report(self, clean: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """:func:`build_report` of everything scored so far."""
+        return build_report(self.matrices, self.frames, self.missing, clean, stamps=self.stamps)
 
 
 def _pct(value: float | None) -> str:

@@ -292,4 +292,4 @@ def test_bag_replay_exact_stream_scores_one(ros, tmp_path):
     assert ros.wait_for(
         lambda: node.health.counters['frames_without_ground_truth'] == 3, timeout=20
     )
-    assert node.frames == len(labelled)
+    assert node.evaluation.frames == len(labelled)

@@ -32,9 +32,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Empty
 from tsa_msgs.msg import EvaluationStatus
 
-from tsa_ros.data.labels import IGNORE_ID, NUM_CLASSES
-from tsa_ros.evaluation import build_report, load_report, write_report
-from tsa_ros.metrics import ConfusionMatrix
+from tsa_ros.evaluation import StreamEvaluation, load_report, write_report
 from tsa_ros.ros import qos
 from tsa_ros.ros.common import run
 from tsa_ros.ros.convert import MessageError, labels_from_image
@@ -99,10 +97,7 @@ class EvaluatorNode(Node):
             max_pending=self.params.max_pending,
             timeout=self.params.timeout_s,
         )
-        self.matrices = {s: ConfusionMatrix(NUM_CLASSES, IGNORE_ID) for s in self.streams}
-        self.missing = dict.fromkeys(self.streams, 0)
-        self.stamps: dict[str, list[int]] = {s: [] for s in self.streams}
-        self.frames = 0
+        self.evaluation = StreamEvaluation(self.streams)
         self._closed = False
 
         self.status_pub = self.create_publisher(EvaluationStatus, '~/status', qos.RESULTS)
@@ -133,10 +128,10 @@ class EvaluatorNode(Node):
         except MessageError as exc:
             self.health.reject('bad_ground_truth', str(exc))
             return
-        bad = (gt >= NUM_CLASSES) & (gt != IGNORE_ID)
-        if bad.any():
-            values = np.unique(gt[bad])[:5].tolist()
-            self.health.reject('bad_ground_truth', f'values {values} are not trainIds or 255')
+        try:
+            self.evaluation.check_ground_truth(gt)
+        except ValueError as exc:
+            self.health.reject('bad_ground_truth', str(exc))
             return
         item = (gt, msg.header.frame_id)
         with self._lock:
@@ -171,32 +166,21 @@ class EvaluatorNode(Node):
                 self._publish_status(group.stamp, frame_id)
 
     def _evaluate(self, group: JoinedGroup, gt: np.ndarray) -> None:
-        self.frames += 1
         self.health.count('frames')
-        for stream in self.streams:
-            labels = group.items.get(stream)
-            if labels is None:
-                self.missing[stream] += 1
-                self.health.count(f'missing.{stream}')
-                continue
-            if labels.shape != gt.shape:
-                self.health.reject(
-                    'size_mismatch',
-                    f'{stream} labels are {labels.shape[1]}x{labels.shape[0]}, ground truth '
-                    f'is {gt.shape[1]}x{gt.shape[0]} (stamp {group.stamp}); counted missing',
-                )
-                self.missing[stream] += 1
-                self.health.count(f'missing.{stream}')
-                continue
-            self.matrices[stream].update(labels, gt)
-            self.stamps[stream].append(group.stamp)
+        labels = {k: v for k, v in group.items.items() if k != _GT}
+        for stream, problem in self.evaluation.add(group.stamp, gt, labels):
+            if problem != 'missing':
+                self.health.reject('size_mismatch', problem)
+            self.health.count(f'missing.{stream}')
 
     def _publish_status(self, stamp: int, frame_id: str) -> None:
-        msg = EvaluationStatus(frames=self.frames, streams=list(self.streams))
+        evaluation = self.evaluation
+        msg = EvaluationStatus(frames=evaluation.frames, streams=list(self.streams))
         msg.header.stamp.sec, msg.header.stamp.nanosec = split_ns(stamp)
         msg.header.frame_id = frame_id
-        msg.miou = [float(self.matrices[s].miou()) for s in self.streams]
-        msg.missing = [self.missing[s] for s in self.streams]
+        miou = evaluation.miou()
+        msg.miou = [miou[s] for s in self.streams]
+        msg.missing = [evaluation.missing[s] for s in self.streams]
         self.status_pub.publish(msg)
         for stream, miou in zip(self.streams, msg.miou, strict=True):
             self.health.set(f'miou.{stream}', f'{miou:.4f}')
@@ -205,9 +189,7 @@ class EvaluatorNode(Node):
     def report(self) -> dict:
         """The report of everything evaluated so far (see tsa_ros.evaluation.build_report)."""
         with self._lock:
-            return build_report(
-                self.matrices, self.frames, self.missing, self.clean, stamps=self.stamps
-            )
+            return self.evaluation.report(self.clean)
 
     def write_report(self) -> None:
         """Write the report to `report_path` (JSON + Markdown); nothing when it is unset."""
@@ -219,7 +201,8 @@ class EvaluatorNode(Node):
         except OSError as exc:
             self.get_logger().error(f'cannot write report {self.params.report_path}: {exc}')
             return
-        self.get_logger().info(f'wrote {json_path} and {md_path} ({self.frames} frames)')
+        frames = self.evaluation.frames
+        self.get_logger().info(f'wrote {json_path} and {md_path} ({frames} frames)')
 
     def close(self) -> None:
         """Evaluate the frames still waiting for streams, then write the final report (once)."""
