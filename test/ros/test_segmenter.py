@@ -1,5 +1,7 @@
 """SegmenterNode over real DDS: outputs, posteriors, rejections and the adaptive weight swap."""
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -214,6 +216,30 @@ def test_adaptive_swaps_signed_weights_and_rejects_bad_ones(ros):
     probe.weights_pub.publish(stale)
     assert ros.wait_for(lambda: node.health.counters['rejected.weights_version'] >= 1)
     assert node.model_version == 2
+
+    # A key holder's broken snapshots (truncated payload with its hash recomputed, NaN
+    # weights, a wrong shape) are counted rejections: A keeps serving version 2.
+    rejected = node.health.counters['rejected.weights']
+    truncated = convert.weights_msg(
+        Header(), 3, 30, 'erfnet', CONFIG.to_dict(), state, KEY.encode()
+    )
+    payload = bytes(truncated.payload)[:-100]
+    truncated.payload = payload
+    truncated.sha256 = hashlib.sha256(payload).hexdigest()
+    truncated.signature = convert.sign(KEY.encode(), 3, 30, 'erfnet', truncated.sha256)
+    nan_state = {k: v.clone() for k, v in state.items()}
+    next(v for v in nan_state.values() if v.is_floating_point()).fill_(float('nan'))
+    nan = convert.weights_msg(Header(), 4, 40, 'erfnet', CONFIG.to_dict(), nan_state, KEY.encode())
+    shape_state = dict(state, **{'net.output_conv.bias': torch.zeros(3)})
+    shape = convert.weights_msg(
+        Header(), 5, 50, 'erfnet', CONFIG.to_dict(), shape_state, KEY.encode()
+    )
+    for n, bad in enumerate((truncated, nan, shape), start=1):  # latched depth 1: one by one
+        probe.weights_pub.publish(bad)
+        assert ros.wait_for(lambda n=n: node.health.counters['rejected.weights'] == rejected + n)
+    assert node.model_version == 2
+    labels_msg, seg = probe.answer(msg)
+    np.testing.assert_array_equal(convert.labels_from_image(labels_msg), after)
 
 
 def test_invalid_role_is_refused():

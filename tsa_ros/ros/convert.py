@@ -13,13 +13,14 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import torch
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from tsa_msgs.msg import LabelInfo, ModelWeights, Segmentation
 
 from tsa_ros import image_codec
 from tsa_ros.data.labels import CLASS_NAMES, IGNORE_ID, TRAIN_COLORS
-from tsa_ros.models import state_dict_from_bytes, state_dict_to_bytes
+from tsa_ros.models import CheckpointError, state_dict_from_bytes, state_dict_to_bytes
 
 POSTERIOR_DTYPES = {
     Segmentation.POSTERIORS_FLOAT16: np.float16,
@@ -175,7 +176,8 @@ def weights_msg(
 def verify_weights(msg: ModelWeights, key: bytes, arch_id: str, config: dict) -> dict:
     """The state dict of a snapshot whose signature, hash, architecture and config check out.
 
-    Raises MessageError naming the first check that fails.
+    Raises MessageError naming the first check that fails, also for a signed payload that is
+    malformed (a key holder's bug must not crash A) or holds non-finite weights.
     """
     if msg.arch_id != arch_id:
         raise MessageError(f'weights for architecture {msg.arch_id!r}, expected {arch_id!r}')
@@ -191,7 +193,14 @@ def verify_weights(msg: ModelWeights, key: bytes, arch_id: str, config: dict) ->
     payload = bytes(msg.payload)
     if hashlib.sha256(payload).hexdigest() != msg.sha256:
         raise MessageError(f'weights version {msg.version}: payload sha256 mismatch')
-    return state_dict_from_bytes(payload)
+    try:
+        state = state_dict_from_bytes(payload)
+    except CheckpointError as exc:
+        raise MessageError(f'weights version {msg.version}: {exc}') from exc
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise MessageError(f'weights version {msg.version}: {name} is not finite')
+    return state
 
 
 # --------------------------------------------------------------------------- label info
