@@ -86,3 +86,31 @@ def test_every_key_is_a_declared_parameter(ros, tmp_path, params_file):
             if close is not None:
                 close()
             node.destroy_node()
+
+
+def test_a_misspelt_key_is_an_error_naming_it(ros, tmp_path):
+    from tsa_ros.config import ConfigError
+    from tsa_ros.ros.fusion_node import FusionNode
+
+    params = tmp_path / 'bad.yaml'
+    params.write_text('/**/fusion:\n  ros__parameters:\n    fusion:\n      mdoe: posterior\n')
+    with pytest.raises(ConfigError, match=r"'fusion.mdoe' \(did you mean 'fusion.mode'\?\)"):
+        FusionNode(
+            node_name='fusion',
+            context=ros.context,
+            cli_args=['--ros-args', '--params-file', str(params)],
+        )
+
+
+def test_a_parameter_of_other_nodes_is_only_a_warning(ros, tmp_path, capfd):
+    from tsa_ros.ros.fusion_node import FusionNode
+
+    params = tmp_path / 'shared.yaml'
+    params.write_text('/**:\n  ros__parameters:\n    device: cpu\n')  # for the segmenters
+    node = FusionNode(
+        node_name='fusion',
+        context=ros.context,
+        cli_args=['--ros-args', '--params-file', str(params)],
+    )
+    node.destroy_node()
+    assert "ignoring parameters this node does not have: ['device']" in capfd.readouterr().err

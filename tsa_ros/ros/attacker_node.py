@@ -23,7 +23,7 @@ from tsa_ros.inference import frames_to_tensor, tensor_to_frames
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import arch_id, declare_network, run
 from tsa_ros.ros.health import Health
-from tsa_ros.ros.params import declare_dataclass
+from tsa_ros.ros.params import check_overrides, declare_dataclass
 
 TARGETS = ('teacher', 'student')
 
@@ -56,6 +56,7 @@ class AttackerNode(Node):
         self.params = declare_dataclass(self, AttackerParams(), writable=('enabled',))
         self.attack = declare_dataclass(self, AttackConfig(), 'attack')
         self._model, self._config, self._device = declare_network(self)
+        check_overrides(self)
         self.add_post_set_parameters_callback(self._apply_params)
 
         self.health = Health(self)

@@ -36,7 +36,7 @@ from tsa_ros.data.bag import TOPIC_GROUND_TRUTH, TOPIC_IMAGE, BagError, BagReade
 from tsa_ros.ros import qos
 from tsa_ros.ros.common import run
 from tsa_ros.ros.health import Health
-from tsa_ros.ros.params import declare_dataclass
+from tsa_ros.ros.params import check_overrides, declare_dataclass
 
 #: Longest wait for subscribers' acknowledgements (rate 0 and before exit_when_done).
 _ACK_TIMEOUT = Duration(seconds=1)
@@ -101,6 +101,7 @@ class BagPlayerNode(Node):
         super().__init__(node_name, **kwargs)
         try:
             self.params = declare_dataclass(self, BagPlayerParams())
+            check_overrides(self)
             if not self.params.bag:
                 raise ConfigError('parameter bag: required, the path of a rosbag2 directory')
             self.reader = BagReader(self.params.bag)  # names the path when it is missing

@@ -37,7 +37,7 @@ from tsa_ros.ros import qos
 from tsa_ros.ros.common import run
 from tsa_ros.ros.convert import MessageError, labels_from_image
 from tsa_ros.ros.health import Health
-from tsa_ros.ros.params import declare_dataclass
+from tsa_ros.ros.params import check_overrides, declare_dataclass
 from tsa_ros.sync import JoinedGroup, StampJoiner, split_ns, stamp_ns
 
 #: Joiner key of the ground truth; '<' cannot occur in a stream (topic) name, so no collision.
@@ -87,6 +87,7 @@ class EvaluatorNode(Node):
     def __init__(self, node_name: str = 'evaluator', **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         self.params = declare_dataclass(self, EvaluatorParams())
+        check_overrides(self)
         self.streams = tuple(self.params.streams)
         # Read the clean report now, so a wrong path fails at start, not after the run.
         self.clean = load_report(self.params.clean_report) if self.params.clean_report else None

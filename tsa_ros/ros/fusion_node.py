@@ -38,7 +38,7 @@ from tsa_ros.fusion import FusionConfig, SizeMismatchError, fuse_roles
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import run
 from tsa_ros.ros.health import Health
-from tsa_ros.ros.params import declare_dataclass
+from tsa_ros.ros.params import check_overrides, declare_dataclass
 from tsa_ros.sync import JoinedGroup, StampJoiner, stamp_ns
 
 #: Longest period of the timer that gives up incomplete frames (~10 Hz).
@@ -108,6 +108,7 @@ class FusionNode(Node):
                 qos.RESULTS,
             )
         self.create_timer(min(EXPIRE_PERIOD_S, self.params.timeout_s / 2), self.on_expire_timer)
+        check_overrides(self)
         self.get_logger().info(
             f'fusion ready: {self.config.mode} (tie {self.config.tie}) over {list(self.roles)}, '
             f'timeout {self.params.timeout_s} s'

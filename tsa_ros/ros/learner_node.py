@@ -34,7 +34,7 @@ from tsa_ros.learning.pairing import TeacherPairing
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import arch_id, declare_network, run, weights_key
 from tsa_ros.ros.health import Health
-from tsa_ros.ros.params import declare_dataclass
+from tsa_ros.ros.params import check_overrides, declare_dataclass
 from tsa_ros.sync import stamp_ns
 
 #: Seconds close() waits for the training thread to finish its current step (a CPU step at
@@ -94,6 +94,7 @@ class LearnerNode(Node):
         )
         self.params = declare_dataclass(self, LearnerNodeParams())
         self._key = weights_key(self)
+        check_overrides(self)
         self._arch = arch_id(self._model_config)
         self._config_dict = self._model_config.to_dict()
         self.health = Health(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import difflib
 import inspect
 import re
 import types
@@ -129,3 +130,35 @@ def _declare(
         got = param.value
         data[field.name] = None if (optional and got is None) else got
     return data
+
+
+def check_overrides(node: Node) -> None:
+    """Refuse misspelt parameters set from a params file or ``-p``; warn about foreign ones.
+
+    rclpy silently ignores values for undeclared parameters, so ``fusion.mdoe`` would leave
+    the default in force without a word. An undeclared name inside a group the node owns
+    (``fusion.*``) or close to a declared name is a ConfigError naming the likely intent; any
+    other (a ``/**`` section meant for other nodes) is logged once and ignored. Call at the
+    end of a node's declarations.
+    """
+    overrides = getattr(node, '_parameter_overrides', {}) or {}
+    unknown = sorted(name for name in overrides if not node.has_parameter(name))
+    if not unknown:
+        return
+    names = sorted(node._parameters)
+    groups = {name.split('.')[0] for name in names if '.' in name}
+    errors, foreign = [], []
+    for name in unknown:
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+        if close:
+            errors.append(f'{name!r} (did you mean {close[0]!r}?)')
+        elif '.' in name and name.split('.')[0] in groups:
+            errors.append(f'{name!r} (not a {name.split(".")[0]}.* parameter)')
+        else:
+            foreign.append(name)
+    if errors:
+        raise ConfigError(
+            f'node {node.get_name()}: unknown parameter(s) {", ".join(errors)}; '
+            'see docs/ros_parameters.md'
+        )
+    node.get_logger().warning(f'ignoring parameters this node does not have: {foreign}')

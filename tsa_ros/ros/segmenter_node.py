@@ -31,7 +31,7 @@ from tsa_ros.inference import Predictor
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import arch_id, declare_network, run, weights_key
 from tsa_ros.ros.health import Health
-from tsa_ros.ros.params import declare_dataclass
+from tsa_ros.ros.params import check_overrides, declare_dataclass
 
 ROLES = ('teacher', 'student', 'adaptive')
 
@@ -134,6 +134,7 @@ class SegmenterNode(Node):
                 qos.LATCHED,
                 callback_group=self._weights_group,
             )
+        check_overrides(self)
         size = f'resized to {self._config.input_size}' if self.params.resize else 'frame size'
         self.get_logger().info(
             f'{self.params.role} segmenter ready: {self._arch} at {size} on {self._device}'
