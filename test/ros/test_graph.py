@@ -124,3 +124,28 @@ def test_parameter_reference_is_current():
     assert shipped == markdown(), (
         'regenerate: python -m tsa_ros.ros.reference > docs/ros_parameters.md'
     )
+
+
+def test_overrides_keep_their_type_as_rcl_reads_them(ros):
+    """Strings that YAML would read as bools or numbers stay strings, like launch_ros's."""
+    import yaml
+    from rcl_interfaces.msg import ParameterDescriptor
+    from rclpy.node import Node
+
+    from tsa_ros.ros.up import ros_value
+
+    values = {'report': 'on', 'bag': '123', 'device': 'cuda:0', 'empty': '', 'rate': 0.5}
+    values |= {'loop': True, 'size': [64, 128]}
+    for value in values.values():
+        assert yaml.safe_load(ros_value(value)) == value
+    args = ['--ros-args'] + [a for k, v in values.items() for a in ('-p', f'{k}:={ros_value(v)}')]
+    context = ros.rclpy.Context()
+    ros.rclpy.init(context=context, args=args, domain_id=ros.context.get_domain_id())
+    try:
+        node = Node('typed', context=context)
+        for name, value in values.items():
+            got = node.declare_parameter(name, value, ParameterDescriptor()).value
+            assert got == value and type(got) is type(value), name
+        node.destroy_node()
+    finally:
+        ros.rclpy.shutdown(context=context)

@@ -25,7 +25,9 @@ def ros_value(value: object) -> str:
     if isinstance(value, bool):
         return 'true' if value else 'false'
     if isinstance(value, str):
-        return json.dumps(value) if value == '' or ':' in value or ' ' in value else value
+        # Always quoted: rcl reads the value as YAML, where on, yes, 123 or 1e3 unquoted
+        # would reach the node as a bool or a number (launch_ros passes strings as strings).
+        return json.dumps(value)
     if isinstance(value, list | tuple):
         return '[' + ', '.join(ros_value(v) for v in value) + ']'
     return str(value)
