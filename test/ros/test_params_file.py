@@ -114,3 +114,18 @@ def test_a_parameter_of_other_nodes_is_only_a_warning(ros, tmp_path, capfd):
     )
     node.destroy_node()
     assert "ignoring parameters this node does not have: ['device']" in capfd.readouterr().err
+
+
+def test_a_params_file_rcl_cannot_parse_is_one_line_not_a_traceback(tmp_path, ros_domain_id):
+    import subprocess
+    import sys
+
+    broken = tmp_path / 'broken.yaml'
+    broken.write_text('/**/fusion:\n  ros__parameters:\n    fusion: {mode: [unclosed\n')
+    cmd = [sys.executable, '-m', 'tsa_ros.ros.fusion_node', '--ros-args']
+    out = subprocess.run(
+        [*cmd, '--params-file', str(broken)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2
+    assert 'cannot start' in out.stderr and "Couldn't parse params file" in out.stderr
+    assert 'Traceback' not in out.stderr

@@ -430,4 +430,8 @@ def _train(
             save_checkpoint(out / f'{cfg.role}.step{step}.pt', model, extra=extra)
     if bar is not None:
         bar.close()
+    if info.enabled:
+        # Every rank done with its last collective and file before any tears the group
+        # down: a rank leaving early made its peer abort in gloo's threads (seen once in CI).
+        dist.barrier()
     return {'step': step, 'miou': miou, 'loss': loss, 'checkpoint': str(ckpt_path)}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import rclpy
 import torch
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 
 from tsa_ros.inference import resolve_device
@@ -86,10 +87,15 @@ def weights_key(node: Node) -> bytes:
 def run(node_factory: Callable[[], Node], args: Sequence[str] | None = None, threads: int = 2):
     """The one shape of every node's main(): init, spin, treat Ctrl-C as a normal exit.
 
-    A node that cannot start (bad parameter, missing file) exits with status 2 after one
-    clear log line instead of a traceback.
+    A node that cannot start (bad parameter, missing file, a params file rcl cannot parse)
+    exits with status 2 after one clear log line instead of a traceback.
     """
-    with rclpy.init(args=args if args is not None else sys.argv):
+    try:
+        init = rclpy.init(args=args if args is not None else sys.argv)
+    except _rclpy.RCLError as exc:  # e.g. a YAML syntax error in --params-file
+        rclpy.logging.get_logger('tsa_ros').fatal(f'cannot start: {exc}')
+        sys.exit(2)
+    with init:
         node = None
         try:
             node = node_factory()
