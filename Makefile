@@ -9,16 +9,22 @@ BUILD := build
 MSG_SOURCES := $(wildcard msg/*.msg) interfaces/tsa_msgs/CMakeLists.txt \
 	interfaces/tsa_msgs/package.xml cmake/fix_wheel_include_dirs.cmake tools/build_interfaces.sh
 
-.PHONY: setup test lint clean help
+.PHONY: setup keys test lint clean help
 .DEFAULT_GOAL := help
 
 help:
-	@echo 'make setup   create .venv, install pinned dependencies, build tsa_msgs (idempotent)'
+	@echo 'make setup   create .venv, install pinned dependencies, build tsa_msgs, create the'
+	@echo '             weights key file when missing (idempotent)'
 	@echo 'make test    run the whole test suite (runs setup first when needed)'
 	@echo 'make lint    ruff check + format check (pinned ruff in .venv)'
 	@echo 'make clean   remove build/ (keeps .venv)'
 
-setup: $(STAMP)
+setup: $(STAMP) keys
+
+# The key that signs A's weight snapshots lives outside the checkout (~/.config/tsa_ros,
+# mode 0600), never in git; created when missing, checked when present.
+keys: $(STAMP)
+	@$(VENV)/bin/tsa keys init --exist-ok
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

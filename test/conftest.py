@@ -25,6 +25,21 @@ def _claim_domain():
     raise RuntimeError('no free ROS domain id for the test')
 
 
+@pytest.fixture(scope='session', autouse=True)
+def weights_key_file(tmp_path_factory):
+    """A real key file (tsa keys init) for every node and `tsa up` the suite starts.
+
+    Exported as TSA_WEIGHTS_KEY_FILE so child processes find it too; the user's own key file
+    is never read or created by the tests.
+    """
+    from tsa_ros.keys import KEY_FILE_ENV, init_key
+
+    path, _ = init_key(tmp_path_factory.mktemp('keys') / 'weights.key')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(KEY_FILE_ENV, str(path))
+        yield path
+
+
 @pytest.fixture
 def ros_domain_id(monkeypatch):
     """A ROS_DOMAIN_ID no other running test uses, exported to children, localhost only."""

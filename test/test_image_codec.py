@@ -78,7 +78,8 @@ def test_camera_driver_encodings(rgb):
         ({'encoding': '32FC1'}, 'unsupported image encoding'),
         ({'step': 5}, 'step'),
         ({'data': b'\x00' * 10}, 'data bytes'),
-        ({'height': 100000, 'width': 100000}, 'absurd'),
+        ({'height': 100000, 'width': 100000}, 'over the budget'),
+        ({'height': 0}, 'empty'),
     ],
 )
 def test_malformed_messages_name_the_problem(rgb, change, match):
@@ -87,6 +88,21 @@ def test_malformed_messages_name_the_problem(rgb, change, match):
         setattr(msg, key, value)
     with pytest.raises(ValueError, match=match):
         image_codec.to_rgb(msg)
+
+
+def test_pixel_budget_is_checked_from_the_header_before_the_data(rgb):
+    msg = message(rgb, 'rgb8')
+    assert image_codec.to_rgb(msg, max_pixels=60).shape == rgb.shape  # 6x10: at the budget
+    with pytest.raises(image_codec.FrameTooLarge, match='60 pixels, over the budget of 59'):
+        image_codec.to_rgb(msg, max_pixels=59)
+    # An 8K frame with no data and an unknown encoding: the budget answers first.
+    huge = SimpleNamespace(
+        height=4320, width=7680, encoding='weird', is_bigendian=0, step=0, data=b''
+    )
+    with pytest.raises(image_codec.FrameTooLarge, match='33,177,600 pixels'):
+        image_codec.to_rgb(huge, max_pixels=4 * 512 * 1024)
+    with pytest.raises(image_codec.FrameTooLarge):
+        image_codec.to_mono8(SimpleNamespace(**{**vars(huge), 'encoding': 'mono8'}), 1000)
 
 
 def test_encode_rejects_wrong_shapes(rgb):

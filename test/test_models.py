@@ -317,6 +317,38 @@ def test_state_dict_bytes_deterministic_and_round_trip():
         state_dict_from_bytes(blob[:-3])
 
 
+def _blob(entries, data=b''):
+    import json
+    import struct
+
+    from tsa_ros.models.checkpoint import MAGIC
+
+    header = json.dumps({'tensors': entries}).encode()
+    return MAGIC + struct.pack('<Q', len(header)) + header + data
+
+
+@pytest.mark.parametrize(
+    ('entries', 'data', 'match'),
+    [
+        ({'a': 1}, b'', 'not a list'),
+        ([['w', 'float32', [2]]], b'', 'malformed'),
+        ([[1, 'float32', [1], 4]], b'\x00' * 4, 'malformed'),
+        ([['w', 'complex64', [1], 8]], b'\x00' * 8, 'unknown dtype'),
+        ([['w', 'float32', 'big', 4]], b'\x00' * 4, 'malformed shape'),
+        ([['w', 'float32', [-1], 4]], b'\x00' * 4, 'malformed shape'),
+        ([['w', 'float32', [2], 5]], b'\x00' * 5, 'inconsistent'),
+        ([['w', 'float32', [1], 3]], b'\x00' * 3, 'inconsistent'),
+        ([['w', 'float32', [10**12], 4 * 10**12]], b'', 'truncated'),
+        ([['w', 'float32', [1], '4']], b'\x00' * 4, 'inconsistent'),
+    ],
+)
+def test_malformed_weight_blobs_are_one_checkpoint_error(entries, data, match):
+    """A signed payload from a buggy key holder must fail as CheckpointError, nothing else."""
+    with pytest.raises(CheckpointError, match=match):
+        state_dict_from_bytes(_blob(entries, data))
+    assert state_dict_from_bytes(_blob([['w', 'float32', [1], 4]], b'\x00' * 4))['w'] == 0
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_cuda_forward_and_checkpoint(tmp_path):
     model = _erfnet().cuda().eval()

@@ -56,6 +56,20 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys(args: argparse.Namespace) -> int:
+    """Create the weights key file (mode 0600), or print where the nodes look for it."""
+    from tsa_ros.keys import init_key, load_key, resolve_key_path
+
+    if args.keys_command == 'path':
+        path = resolve_key_path(args.path)
+        load_key(path)  # one clear error if it is missing or others can read it
+        print(path)
+        return 0
+    path, created = init_key(args.path, exist_ok=args.exist_ok)
+    print(f'{"created" if created else "kept existing"} weights key file {path} (mode 0600)')
+    return 0
+
+
 def _cmd_model(args: argparse.Namespace) -> int:
     """Parameter count and conv multiply-accumulates of a network."""
     from tsa_ros.models import ModelConfig, build_model, count_conv_macs, count_parameters
@@ -478,6 +492,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--classes', type=int, default=19)
     p.add_argument('--size', type=int, nargs=2, default=[512, 1024], metavar=('H', 'W'))
     p.set_defaults(func=_cmd_model)
+
+    p = sub.add_parser('keys', help='the key file that signs weight snapshots')
+    keys = p.add_subparsers(dest='keys_command', metavar='KEYS_COMMAND', required=True)
+    q = keys.add_parser('init', help='create a new random key file with mode 0600')
+    q.add_argument(
+        '--path', help='key file (default: $TSA_WEIGHTS_KEY_FILE, else ~/.config/tsa_ros/)'
+    )
+    q.add_argument(
+        '--exist-ok', action='store_true', help='keep (and check) a key file that exists'
+    )
+    q = keys.add_parser('path', help='print the key file the nodes use, after checking it')
+    q.add_argument('--path', help='key file to check instead of the default')
+    p.set_defaults(func=_cmd_keys)
 
     _add_data_commands(sub)
     _add_train_command(sub)

@@ -34,8 +34,13 @@ _LAYOUTS: dict[str, tuple[int, np.dtype, int | None]] = {
     'bayer_grbg8': (1, np.dtype(np.uint8), cv2.COLOR_BayerGB2RGB),
 }
 ENCODINGS = tuple(_LAYOUTS)
-#: Largest image accepted (guards against absurd sizes in a malformed message).
+#: Largest image accepted (guards against absurd sizes in a malformed message); nodes set a
+#: tighter per-node budget (``max_pixels``, from the network input size).
 MAX_PIXELS = 8192 * 8192
+
+
+class FrameTooLarge(ValueError):
+    """A frame over the pixel budget: rejected from its header, before any pixel is touched."""
 
 
 class ImageFields(NamedTuple):
@@ -49,19 +54,25 @@ class ImageFields(NamedTuple):
     data: bytes | memoryview
 
 
-def decode(msg: Any) -> np.ndarray:
+def decode(msg: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """The pixels of an Image message as stored: (H, W, C) or (H, W), dtype of the encoding.
 
-    Raises ValueError naming the problem for unknown encodings, absurd sizes, a ``step`` too
-    small for the width, or too little data.
+    Raises ValueError naming the problem for unknown encodings, empty sizes, a ``step`` too
+    small for the width, or too little data; FrameTooLarge (a ValueError) for more than
+    ``max_pixels`` pixels, checked first, from the header alone.
     """
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height * width > min(max_pixels, MAX_PIXELS):
+        raise FrameTooLarge(
+            f'frame {width}x{height} has {height * width:,} pixels, over the budget of '
+            f'{min(max_pixels, MAX_PIXELS):,} (parameter max_pixels)'
+        )
     encoding = str(msg.encoding)
     if encoding not in _LAYOUTS:
         raise ValueError(f'unsupported image encoding {encoding!r}; supported: {ENCODINGS}')
     channels, dtype, _ = _LAYOUTS[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0 or height * width > MAX_PIXELS:
-        raise ValueError(f'image size {width}x{height} is empty or absurd')
+    if height <= 0 or width <= 0:
+        raise ValueError(f'image size {width}x{height} is empty')
     row_bytes = width * channels * dtype.itemsize
     if step < row_bytes:
         raise ValueError(
@@ -81,25 +92,29 @@ def decode(msg: Any) -> np.ndarray:
     return pixels.reshape(height, width, channels) if channels > 1 else pixels
 
 
-def to_rgb(msg: Any) -> np.ndarray:
+def to_rgb(msg: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any supported Image message as uint8 (H, W, 3) RGB; a view when it is unpadded rgb8."""
     encoding = str(msg.encoding)
-    pixels = decode(msg)
+    pixels = decode(msg, max_pixels)
     _, dtype, conversion = _LAYOUTS[encoding]
     if dtype != np.uint8:
         pixels = (pixels >> 8).astype(np.uint8)  # 16-bit mono: keep the high byte
     if conversion is not None:
-        return cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
+        try:
+            return cv2.cvtColor(np.ascontiguousarray(pixels), conversion)
+        except cv2.error:  # e.g. yuv422 of odd width, bayer smaller than 2x2
+            height, width = pixels.shape[:2]
+            raise ValueError(f'{encoding} image of {width}x{height} cannot be converted') from None
     if pixels.ndim == 2:
         return np.repeat(pixels[:, :, None], 3, axis=2)
     return pixels
 
 
-def to_mono8(msg: Any) -> np.ndarray:
+def to_mono8(msg: Any, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A mono8 Image message (e.g. a trainId label map) as uint8 (H, W); a view if unpadded."""
     if str(msg.encoding) not in ('mono8', '8UC1'):
         raise ValueError(f'expected a mono8 label image, got encoding {str(msg.encoding)!r}')
-    return decode(msg)
+    return decode(msg, max_pixels)
 
 
 def encode(array: np.ndarray, encoding: str) -> ImageFields:

@@ -231,8 +231,17 @@ class Predictor:
         """A new predictor running a copy of the network with ``state_dict`` loaded.
 
         This one keeps serving meanwhile (a weight swap never touches the running model).
-        Raises ``ValueError`` when the weights do not fit the network.
+        Raises ``ValueError`` when the weights do not fit the network (names, shapes, and
+        dtypes: load_state_dict would cast a float64 or integer tensor silently).
         """
+        own = self.model.state_dict()
+        for name, tensor in state_dict.items():
+            dtype = getattr(tensor, 'dtype', type(tensor).__name__)
+            if name in own and dtype != own[name].dtype:
+                raise ValueError(
+                    f'weights do not fit the network: {name} is {dtype}, '
+                    f'expected {own[name].dtype}'
+                )
         fresh = copy.deepcopy(self.model)
         try:
             fresh.load_state_dict(state_dict, strict=True)

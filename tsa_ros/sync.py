@@ -60,6 +60,7 @@ class StampJoiner:
             raise ValueError('max_pending must be >= 1 and timeout > 0')
         self.max_pending, self.timeout = max_pending, timeout
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
+        self.received = 0  # items add() took (late ones included)
         self.completed = 0
         self.partial = 0
         self.late = 0  # items for a stamp that was already completed or given up
@@ -69,6 +70,7 @@ class StampJoiner:
         """Add one item; returns the groups this completes or pushes out (oldest first)."""
         if stream not in self.streams:
             raise ValueError(f'unknown stream {stream!r}; expected one of {self.streams}')
+        self.received += 1
         if stamp in self._done:
             self.late += 1
             return []

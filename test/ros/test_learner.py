@@ -10,9 +10,9 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from tsa_msgs.msg import LearnerStatus, ModelWeights, Segmentation
 
+from tsa_ros.keys import load_key
 from tsa_ros.models import ModelConfig, build_model
 from tsa_ros.ros import convert, qos
-from tsa_ros.ros.common import DEMO_KEY
 from tsa_ros.ros.learner_node import LearnerNode
 
 H, W, C = 32, 64, 19
@@ -95,14 +95,15 @@ def test_learner_trains_and_publishes_signed_snapshots(ros, tmp_path):
         'no weight snapshot with version >= 1 arrived'
     )
     msg = probe.weights[-1]
+    assert len(msg.lineage) == 16 and msg.signature
     assert msg.version >= 1 and msg.step >= 2 and msg.arch_id == 'erfnet'
-    state = convert.verify_weights(msg, DEMO_KEY.encode(), 'erfnet', CONFIG.to_dict())
+    state = convert.verify_weights(msg, load_key(), 'erfnet', CONFIG.to_dict())
     s_state = student_state()
     assert state.keys() == s_state.keys()
     assert any(not torch.equal(state[k], s_state[k]) for k in state), 'A is still S'
     # A wrong key must not verify: the signature really covers the snapshot.
     with pytest.raises(convert.MessageError, match='signature'):
-        convert.verify_weights(msg, b'other-key', 'erfnet', CONFIG.to_dict())
+        convert.verify_weights(msg, b'other-key-other-key', 'erfnet', CONFIG.to_dict())
 
     assert ros.wait_for(
         lambda: probe.status and probe.status[-1].snapshot_version >= 1, timeout=10
@@ -151,6 +152,7 @@ def test_checkpoint_resume_continues_step_and_version(ros, tmp_path):
         ros.wait_for(lambda i=index: node.health.counters['pairs.submitted'] > i, timeout=5)
     assert ros.wait_for(lambda: node.learner.stats.snapshot_version >= 1, timeout=60)
     old_step, old_version = node.learner.stats.step, node.learner.stats.snapshot_version
+    lineage = node._ckpt.lineage
 
     ros.executor.remove_node(node)
     ros.nodes.remove(node)
@@ -165,6 +167,7 @@ def test_checkpoint_resume_continues_step_and_version(ros, tmp_path):
     later = Probe(ros, 'probe_after_restart')
     assert ros.wait_for(lambda: later.weights, timeout=20), 'resumed A was not latched'
     assert later.weights[-1].version >= old_version >= 1
+    assert later.weights[-1].lineage == lineage, 'a resumed learner must keep its lineage'
     assert later.weights[-1].step == resumed.learner.stats.step
     assert ros.wait_for(lambda: later.status, timeout=10)
     assert later.status[-1].snapshot_version >= old_version

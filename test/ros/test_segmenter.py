@@ -14,20 +14,38 @@ from std_msgs.msg import Header
 from tsa_msgs.msg import LabelInfo, ModelWeights, Segmentation
 
 from tsa_ros.inference import Predictor
+from tsa_ros.keys import load_key
 from tsa_ros.models import ModelConfig, build_model
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.segmenter_node import SegmenterNode
 
 SIZE = (32, 64)
 CONFIG = ModelConfig(input_size=SIZE)
-KEY = 'test-key'
+LINEAGE = 'a1b2c3d4e5f60718'
+
+
+def key():
+    return load_key()  # the suite's key file (conftest), found through TSA_WEIGHTS_KEY_FILE
+
+
+def snapshot(version, state, lineage=LINEAGE, signing_key=None, step=None):
+    """A ModelWeights as a learner holding the key would publish it."""
+    return convert.weights_msg(
+        Header(),
+        lineage,
+        version,
+        10 * version if step is None else step,
+        'erfnet',
+        CONFIG.to_dict(),
+        state,
+        key() if signing_key is None else signing_key,
+    )
 
 
 def make_node(ros, seed=0, **params):
     overrides = [
         Parameter('model.input_size', value=list(SIZE)),
         Parameter('seed', value=seed),
-        Parameter('weights_key', value=KEY),
     ]
     overrides += [Parameter(name, value=value) for name, value in params.items()]
     return ros.add(SegmenterNode(context=ros.context, parameter_overrides=overrides))
@@ -41,6 +59,10 @@ def offline_model(seed):
 def offline_labels(seed, rgb):
     x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float()
     return offline_model(seed).predict(x)[0].numpy().astype(np.uint8)
+
+
+def good_header(stamp=(1000, 5)):
+    return Header(stamp=Time(sec=stamp[0], nanosec=stamp[1]), frame_id='camera')
 
 
 def frame(seed, size=SIZE, stamp=(1000, 5)):
@@ -156,6 +178,13 @@ def test_bad_frames_are_rejected_and_the_node_keeps_answering(ros):
     assert probe.send(bad_encoding, lambda: counters['rejected.image'] >= 1)
     _, bad_size = frame(2, size=(30, 64))  # ERFNet needs multiples of 8
     assert probe.send(bad_size, lambda: counters['rejected.size'] >= 1)
+    # Over the pixel budget (default 4x the network input): refused from the header alone,
+    # so an 8K frame costs no decode, resize or inference (its data here is empty).
+    huge = Image(header=good_header(), height=4320, width=7680, encoding='rgb8', step=3 * 7680)
+    assert probe.send(huge, lambda: counters['rejected.oversized'] >= 1)
+    _, over = frame(2, size=(SIZE[0] * 2, SIZE[1] * 2 + 8))
+    assert probe.send(over, lambda: counters['rejected.oversized'] >= 2)
+    assert counters['rejected.image'] == 1
     assert not probe.got['labels'] and not probe.got['segmentation']
 
     rgb, good = frame(3)
@@ -195,51 +224,126 @@ def test_adaptive_swaps_signed_weights_and_rejects_bad_ones(ros):
     assert seg.model_version == 0
 
     state = offline_model(1).state_dict()
-    forged = convert.weights_msg(Header(), 1, 10, 'erfnet', CONFIG.to_dict(), state, b'wrong')
-    probe.weights_pub.publish(forged)
+    probe.weights_pub.publish(snapshot(1, state, signing_key=b'wrong-key-wrong-key'))
     assert ros.wait_for(lambda: node.health.counters['rejected.weights'] >= 1)
     labels_msg, seg = probe.answer(msg)
     np.testing.assert_array_equal(convert.labels_from_image(labels_msg), before)
     assert seg.model_version == 0 and node.model_version == 0
 
-    signed = convert.weights_msg(Header(), 2, 20, 'erfnet', CONFIG.to_dict(), state, KEY.encode())
-    probe.weights_pub.publish(signed)
+    probe.weights_pub.publish(snapshot(2, state))
     assert ros.wait_for(lambda: node.model_version == 2)
     labels_msg, seg = probe.answer(msg)
     np.testing.assert_array_equal(convert.labels_from_image(labels_msg), after)
     assert seg.model_version == 2 and seg.role == 'adaptive'
 
     # A correctly signed but older snapshot must not roll the weights back.
-    stale = convert.weights_msg(
-        Header(), 1, 5, 'erfnet', CONFIG.to_dict(), offline_model(0).state_dict(), KEY.encode()
-    )
-    probe.weights_pub.publish(stale)
+    probe.weights_pub.publish(snapshot(1, offline_model(0).state_dict()))
     assert ros.wait_for(lambda: node.health.counters['rejected.weights_version'] >= 1)
     assert node.model_version == 2
+    labels_msg, _ = probe.answer(msg)
+    np.testing.assert_array_equal(convert.labels_from_image(labels_msg), after)
 
-    # A key holder's broken snapshots (truncated payload with its hash recomputed, NaN
-    # weights, a wrong shape) are counted rejections: A keeps serving version 2.
-    rejected = node.health.counters['rejected.weights']
-    truncated = convert.weights_msg(
-        Header(), 3, 30, 'erfnet', CONFIG.to_dict(), state, KEY.encode()
-    )
+
+def test_a_rogue_key_holder_cannot_crash_or_freeze_a(ros):
+    """Every malformed snapshot signed with the real key is one counted rejection."""
+    node = make_node(ros, seed=0, role='adaptive', max_version_step=100)
+    probe = Probe(ros, 'segmenter')
+    probe.connect()
+    assert ros.wait_for(lambda: probe.weights_pub.get_subscription_count() > 0)
+    rgb, msg = frame(6)
+    good = offline_model(1).state_dict()
+    probe.weights_pub.publish(snapshot(1, good))
+    assert ros.wait_for(lambda: node.model_version == 1)
+    after = offline_labels(1, rgb)
+
+    truncated = snapshot(2, good)
     payload = bytes(truncated.payload)[:-100]
     truncated.payload = payload
     truncated.sha256 = hashlib.sha256(payload).hexdigest()
-    truncated.signature = convert.sign(KEY.encode(), 3, 30, 'erfnet', truncated.sha256)
-    nan_state = {k: v.clone() for k, v in state.items()}
+    truncated.signature = convert.sign(key(), LINEAGE, 2, 20, 'erfnet', truncated.sha256)
+    nan_state = {k: v.clone() for k, v in good.items()}
     next(v for v in nan_state.values() if v.is_floating_point()).fill_(float('nan'))
-    nan = convert.weights_msg(Header(), 4, 40, 'erfnet', CONFIG.to_dict(), nan_state, KEY.encode())
-    shape_state = dict(state, **{'net.output_conv.bias': torch.zeros(3)})
-    shape = convert.weights_msg(
-        Header(), 5, 50, 'erfnet', CONFIG.to_dict(), shape_state, KEY.encode()
+    float64 = {k: v.double() if v.is_floating_point() else v for k, v in good.items()}
+    wrong_shape = dict(good, **{'net.output_conv.bias': torch.zeros(3)})
+    missing = {k: v for k, v in good.items() if k != 'net.output_conv.bias'}
+    wrong_arch = snapshot(2, good)
+    wrong_arch.arch_id = 'deeplabv3plus-resnet50-os16'
+    wrong_arch.signature = convert.sign(
+        key(), LINEAGE, 2, 20, wrong_arch.arch_id, wrong_arch.sha256
     )
-    for n, bad in enumerate((truncated, nan, shape), start=1):  # latched depth 1: one by one
+    other_config = convert.weights_msg(
+        Header(), LINEAGE, 2, 20, 'erfnet', dict(CONFIG.to_dict(), num_classes=7), good, key()
+    )
+    bad_json = snapshot(2, good)
+    bad_json.config_json = '{"arch": '
+    rogues = [
+        truncated,
+        snapshot(2, nan_state),
+        snapshot(2, float64),
+        snapshot(2, wrong_shape),
+        snapshot(2, missing),
+        wrong_arch,
+        other_config,
+        bad_json,
+    ]
+    rejected = node.health.counters['rejected.weights']
+    for n, bad in enumerate(rogues, start=1):  # latched depth 1: one by one
         probe.weights_pub.publish(bad)
         assert ros.wait_for(lambda n=n: node.health.counters['rejected.weights'] == rejected + n)
-    assert node.model_version == 2
+    assert node.model_version == 1
+
+    # A far-off version (a key holder's mistake) is refused, so genuine snapshots still load.
+    probe.weights_pub.publish(snapshot(4_000_000_000, offline_model(2).state_dict()))
+    assert ros.wait_for(lambda: node.health.counters['rejected.weights_step'] == 1)
+    probe.weights_pub.publish(snapshot(2, good))
+    assert ros.wait_for(lambda: node.model_version == 2)
     labels_msg, seg = probe.answer(msg)
     np.testing.assert_array_equal(convert.labels_from_image(labels_msg), after)
+
+
+def test_a_restarted_learner_starts_a_lineage_that_a_adopts(ros):
+    node = make_node(ros, seed=0, role='adaptive')
+    probe = Probe(ros, 'segmenter')
+    probe.connect()
+    assert ros.wait_for(lambda: probe.weights_pub.get_subscription_count() > 0)
+    probe.weights_pub.publish(snapshot(7, offline_model(1).state_dict()))
+    assert ros.wait_for(lambda: node.model_version == 7)
+
+    # The learner restarted without a checkpoint: a new lineage from version 1 is adopted.
+    probe.weights_pub.publish(snapshot(1, offline_model(2).state_dict(), lineage='f' * 16))
+    assert ros.wait_for(lambda: node.model_version == 1)
+    assert node.health.counters['weights_lineage_changes'] == 1
+    rgb, msg = frame(7)
+    (labels_msg,) = probe.answer(msg, ('labels',))
+    np.testing.assert_array_equal(convert.labels_from_image(labels_msg), offline_labels(2, rgb))
+
+    # A recorded snapshot of the retired lineage cannot roll A back.
+    probe.weights_pub.publish(snapshot(8, offline_model(1).state_dict()))
+    assert ros.wait_for(lambda: node.health.counters['rejected.weights_lineage'] == 1)
+    assert node.model_version == 1
+
+
+def test_adaptive_without_a_key_file_refuses_to_start(ros, tmp_path, monkeypatch):
+    from tsa_ros.keys import KeyFileError
+
+    monkeypatch.setenv('TSA_WEIGHTS_KEY_FILE', str(tmp_path / 'missing.key'))
+    with pytest.raises(KeyFileError, match='no weights key file'):
+        make_node(ros, role='adaptive')
+    loose = tmp_path / 'loose.key'
+    loose.write_text('00' * 32)
+    loose.chmod(0o644)
+    with pytest.raises(KeyFileError, match='readable by others'):
+        make_node(ros, role='adaptive', weights_key_file=str(loose))
+    # The explicit unsigned demo mode starts, and then takes unsigned snapshots.
+    node = make_node(ros, role='adaptive', insecure_unsigned_weights=True)
+    probe = Probe(ros, 'segmenter')
+    assert ros.wait_for(lambda: probe.weights_pub.get_subscription_count() > 0)
+    unsigned = convert.weights_msg(
+        Header(), LINEAGE, 1, 10, 'erfnet', CONFIG.to_dict(), offline_model(1).state_dict(), None
+    )
+    assert unsigned.signature == ''
+    probe.weights_pub.publish(unsigned)
+    assert ros.wait_for(lambda: node.model_version == 1)
 
 
 def test_invalid_role_is_refused():

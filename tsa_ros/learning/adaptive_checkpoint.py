@@ -4,11 +4,14 @@ The adaptive segmenter accepts a snapshot only when its version is higher than t
 runs, so versions must keep growing across restarts of the learner: the checkpoint stores
 the published version next to A's weights and step, and a resumed learner continues from
 there. One version number never names two different sets of weights: progress made after
-the last snapshot is saved under the next version.
+the last snapshot is saved under the next version. The checkpoint also keeps the lineage id
+(:mod:`tsa_ros.learning.snapshot_gate`); a learner without one starts a new lineage, which
+the adaptive segmenter adopts instead of waiting for versions it has already passed.
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +23,12 @@ from torch import Tensor
 from tsa_ros.learning.online import OnlineLearner, WeightSnapshot
 from tsa_ros.models import ModelConfig, build_model, load_checkpoint, save_checkpoint
 
-__all__ = ['AdaptiveCheckpoint', 'SavedState']
+__all__ = ['AdaptiveCheckpoint', 'SavedState', 'new_lineage']
+
+
+def new_lineage() -> str:
+    """A fresh lineage id: 16 random hex digits, so two learner runs never share one."""
+    return secrets.token_hex(8)
 
 
 @dataclass
@@ -64,6 +72,9 @@ class AdaptiveCheckpoint:
         self._model = build_model(config) if self.path else None
         #: Published version of the learner's own snapshot 0 (the resumed weights).
         self.version_offset = 0
+        #: The run of snapshots this learner publishes (see snapshot_gate): new unless resumed.
+        self.lineage = new_lineage()
+        self.resumed_lineage = False
 
     def resume(self) -> SavedState | None:
         """A's saved state when the checkpoint exists (and remember its version), else None."""
@@ -72,6 +83,8 @@ class AdaptiveCheckpoint:
         saved, meta = load_checkpoint(self.path, expected=self.config)
         extra = meta['extra']
         self.version_offset = int(extra.get('version', 0))
+        if extra.get('lineage'):  # checkpoints written before lineages keep the new one
+            self.lineage, self.resumed_lineage = str(extra['lineage']), True
         return SavedState(saved.state_dict(), int(extra.get('step', 0)), self.version_offset)
 
     def version(self, snapshot: WeightSnapshot) -> int:
@@ -89,7 +102,9 @@ class AdaptiveCheckpoint:
         with self._lock:
             self._model.load_state_dict(state.state_dict)
             save_checkpoint(
-                self.path, self._model, extra={'step': state.step, 'version': state.version}
+                self.path,
+                self._model,
+                extra={'step': state.step, 'version': state.version, 'lineage': self.lineage},
             )
             self._last_write = self._clock()
 

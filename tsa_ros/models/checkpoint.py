@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import sys
@@ -94,6 +95,28 @@ def state_dict_to_bytes(state_dict: Mapping[str, Tensor]) -> bytes:
     return b''.join([MAGIC, struct.pack('<Q', len(header)), header, *chunks])
 
 
+def _blob_entry(entry: Any) -> tuple[str, torch.dtype, tuple[int, ...], int]:
+    """One checked ``[name, dtype, shape, nbytes]`` entry of a weight blob header."""
+    try:
+        name, dtype_name, shape, nbytes = entry
+    except (TypeError, ValueError):
+        raise CheckpointError(f'weight blob entry {entry!r:.60} is malformed') from None
+    if not isinstance(name, str) or not isinstance(dtype_name, str):
+        raise CheckpointError(f'weight blob entry {entry!r:.60} is malformed')
+    if dtype_name not in _DTYPES:
+        raise CheckpointError(f'weight blob entry {name!r} has unknown dtype {dtype_name!r}')
+    dtype = _DTYPES[dtype_name]
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise CheckpointError(f'weight blob entry {name!r} has a malformed shape')
+    elements = math.prod(shape)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    if type(nbytes) is not int or nbytes != elements * itemsize:
+        raise CheckpointError(
+            f'weight blob entry {name!r} is inconsistent: {nbytes!r} bytes for shape {shape}'
+        )
+    return name, dtype, tuple(shape), nbytes
+
+
 def state_dict_from_bytes(blob: bytes | bytearray | memoryview) -> OrderedDict[str, Tensor]:
     """Inverse of :func:`state_dict_to_bytes`; returns CPU tensors that own their memory.
 
@@ -112,10 +135,10 @@ def state_dict_from_bytes(blob: bytes | bytearray | memoryview) -> OrderedDict[s
         raise CheckpointError(f'corrupted tsa_ros weight blob header: {exc}') from None
     offset = prefix + header_len
     out: OrderedDict[str, Tensor] = OrderedDict()
-    for name, dtype_name, shape, nbytes in entries:
-        if dtype_name not in _DTYPES:
-            raise CheckpointError(f'weight blob entry {name!r} has unknown dtype {dtype_name!r}')
-        dtype = _DTYPES[dtype_name]
+    if not isinstance(entries, list):
+        raise CheckpointError('corrupted tsa_ros weight blob header: tensors is not a list')
+    for entry in entries:
+        name, dtype, shape, nbytes = _blob_entry(entry)
         if offset + nbytes > len(blob):
             raise CheckpointError(f'weight blob is truncated (entry {name!r})')
         raw = bytearray(blob[offset : offset + nbytes])  # writable copy owned by the tensor
@@ -124,10 +147,7 @@ def state_dict_from_bytes(blob: bytes | bytearray | memoryview) -> OrderedDict[s
             flat = torch.frombuffer(raw, dtype=torch.uint8).view(dtype)
         else:
             flat = torch.empty(0, dtype=dtype)
-        try:
-            out[name] = flat.reshape(shape)
-        except RuntimeError as exc:
-            raise CheckpointError(f'weight blob entry {name!r} is inconsistent: {exc}') from None
+        out[name] = flat.reshape(shape)
     if offset != len(blob):
         raise CheckpointError(f'weight blob has {len(blob) - offset} trailing bytes')
     return out

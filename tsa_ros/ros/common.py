@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,12 +12,11 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 
+from tsa_ros.errors import ConfigError
 from tsa_ros.inference import resolve_device
+from tsa_ros.keys import KEY_FILE_ENV, default_key_path, load_key, resolve_key_path
 from tsa_ros.models import ModelConfig, build_model, load_checkpoint
 from tsa_ros.ros.params import declare_dataclass
-
-#: Used when neither the `weights_key` parameter nor TSA_WEIGHTS_KEY is set (demo and tests).
-DEMO_KEY = 'tsa-demo-key-change-me'
 
 
 @dataclass
@@ -35,6 +33,35 @@ class NetworkParams:
     checkpoint: str = ''
     seed: int = 0
     device: str = 'cpu'
+
+
+#: Default pixel budget of a frame, as a multiple of the network input's pixels: a Cityscapes
+#: camera frame (1024x2048) is 4x the paper's 512x1024 network input.
+PIXEL_BUDGET_FACTOR = 4
+
+
+def declare_pixel_budget(node: Node, config: ModelConfig) -> int:
+    """Declare ``max_pixels`` (0 = 4x the network input) and return the budget in pixels.
+
+    Frames above it are rejected and counted from their header, before any copy or resize:
+    an 8K frame would otherwise reach full-resolution inference (or a resize of 33 M pixels)
+    on every camera tick.
+    """
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    value = node.declare_parameter(
+        'max_pixels',
+        0,
+        ParameterDescriptor(
+            description='largest frame (height x width) accepted; 0 = '
+            f'{PIXEL_BUDGET_FACTOR} x the network input (model.input_size)',
+            read_only=True,
+        ),
+    ).value
+    if value < 0:
+        raise ConfigError(f'max_pixels must be >= 0 (0 = automatic), got {value}')
+    height, width = config.input_size
+    return int(value) or PIXEL_BUDGET_FACTOR * height * width
 
 
 def arch_id(config: ModelConfig) -> str:
@@ -65,23 +92,43 @@ def declare_network(node: Node, default: ModelConfig | None = None):
     return model.to(device).eval(), config, device
 
 
-def weights_key(node: Node) -> bytes:
-    """The HMAC key for weight snapshots: parameter, else TSA_WEIGHTS_KEY, else the demo key."""
+def weights_key(node: Node) -> bytes | None:
+    """The HMAC key for weight snapshots, from the key file (tsa_ros.keys); None = unsigned.
+
+    Declares ``weights_key_file`` (path; default ``$TSA_WEIGHTS_KEY_FILE``, else the user's
+    default key file) and ``insecure_unsigned_weights`` (an explicit demo/test mode in which
+    snapshots are neither signed nor checked: anyone on the graph can then replace A's
+    weights). Without a usable key file and without that opt-in, raises KeyFileError, which
+    ``run`` turns into one 'cannot start' line.
+    """
     from rcl_interfaces.msg import ParameterDescriptor
 
-    value = node.declare_parameter(
-        'weights_key',
+    path = node.declare_parameter(
+        'weights_key_file',
         '',
         ParameterDescriptor(
-            description='HMAC key for weight snapshots (default: env TSA_WEIGHTS_KEY)',
+            description='file holding the HMAC key for weight snapshots (mode 0600; default: '
+            f'env {KEY_FILE_ENV}, else {default_key_path()})',
             read_only=True,
         ),
     ).value
-    key = value or os.environ.get('TSA_WEIGHTS_KEY', '')
-    if not key:
-        node.get_logger().warning('weights_key not set: using the demo key (not for vehicles)')
-        key = DEMO_KEY
-    return key.encode()
+    unsigned = node.declare_parameter(
+        'insecure_unsigned_weights',
+        False,
+        ParameterDescriptor(
+            description='demo/test only: publish and accept weight snapshots unsigned',
+            read_only=True,
+        ),
+    ).value
+    if unsigned:
+        node.get_logger().warning(
+            'INSECURE: insecure_unsigned_weights is set; weight snapshots are neither signed '
+            'nor checked, so any participant can replace the adaptive student (demo/test only)'
+        )
+        return None
+    key = load_key(path or None)
+    node.get_logger().info(f'weights key from {resolve_key_path(path or None)}')
+    return key
 
 
 def run(node_factory: Callable[[], Node], args: Sequence[str] | None = None, threads: int = 2):

@@ -20,6 +20,7 @@ from tsa_msgs.msg import LabelInfo, ModelWeights, Segmentation
 
 from tsa_ros import image_codec
 from tsa_ros.data.labels import CLASS_NAMES, IGNORE_ID, TRAIN_COLORS
+from tsa_ros.inference import Predictor
 from tsa_ros.models import CheckpointError, state_dict_from_bytes, state_dict_to_bytes
 
 POSTERIOR_DTYPES = {
@@ -31,6 +32,10 @@ POSTERIOR_DTYPES = {
 
 class MessageError(ValueError):
     """A message that cannot be used (bad encoding, size, values or signature)."""
+
+
+class FrameTooLarge(MessageError):
+    """A frame over the node's pixel budget (``max_pixels``), refused before any copy."""
 
 
 # --------------------------------------------------------------------------- images
@@ -49,10 +54,15 @@ def _cv_bridge() -> Any | None:
         return None
 
 
-def image_to_rgb(msg: Image) -> np.ndarray:
-    """A camera image as uint8 (H, W, 3) RGB, a view into the message where possible."""
+def image_to_rgb(msg: Image, max_pixels: int = image_codec.MAX_PIXELS) -> np.ndarray:
+    """A camera image as uint8 (H, W, 3) RGB, a view into the message where possible.
+
+    A frame of more than ``max_pixels`` pixels is FrameTooLarge, judged from its header.
+    """
     try:
-        return image_codec.to_rgb(msg)
+        return image_codec.to_rgb(msg, max_pixels)
+    except image_codec.FrameTooLarge as exc:
+        raise FrameTooLarge(str(exc)) from None
     except ValueError as exc:
         bridge = _cv_bridge()
         if bridge is None or msg.encoding in image_codec.ENCODINGS:
@@ -60,10 +70,12 @@ def image_to_rgb(msg: Image) -> np.ndarray:
         return np.asarray(bridge.imgmsg_to_cv2(msg, 'rgb8'))
 
 
-def labels_from_image(msg: Image) -> np.ndarray:
+def labels_from_image(msg: Image, max_pixels: int = image_codec.MAX_PIXELS) -> np.ndarray:
     """A mono8 label image as uint8 (H, W)."""
     try:
-        return image_codec.to_mono8(msg)
+        return image_codec.to_mono8(msg, max_pixels)
+    except image_codec.FrameTooLarge as exc:
+        raise FrameTooLarge(str(exc)) from None
     except ValueError as exc:
         raise MessageError(str(exc)) from exc
 
@@ -140,56 +152,61 @@ def posteriors_from_msg(msg: Segmentation) -> np.ndarray | None:
 
 
 # --------------------------------------------------------------------------- weights
-def _signed_text(version: int, step: int, arch_id: str, sha256: str) -> bytes:
-    return f'tsa-weights|{version}|{step}|{arch_id}|{sha256}'.encode()
+def _signed_text(lineage: str, version: int, step: int, arch_id: str, sha256: str) -> bytes:
+    return f'tsa-weights|{lineage}|{version}|{step}|{arch_id}|{sha256}'.encode()
 
 
-def sign(key: bytes, version: int, step: int, arch_id: str, sha256: str) -> str:
+def sign(key: bytes, lineage: str, version: int, step: int, arch_id: str, sha256: str) -> str:
     """HMAC-SHA256 (hex) over the snapshot's identity and payload hash."""
-    return hmac.new(key, _signed_text(version, step, arch_id, sha256), hashlib.sha256).hexdigest()
+    text = _signed_text(lineage, version, step, arch_id, sha256)
+    return hmac.new(key, text, hashlib.sha256).hexdigest()
 
 
 def weights_msg(
     header: Header,
+    lineage: str,
     version: int,
     step: int,
     arch_id: str,
     config: dict,
     state_dict: dict,
-    key: bytes,
+    key: bytes | None,
 ) -> ModelWeights:
-    """A signed ModelWeights message for a state dict."""
+    """A ModelWeights message for a state dict, signed with ``key`` (None: unsigned demo mode)."""
     payload = state_dict_to_bytes(state_dict)
     digest = hashlib.sha256(payload).hexdigest()
     return ModelWeights(
         header=header,
+        lineage=lineage,
         version=int(version),
         step=int(step),
         arch_id=arch_id,
         config_json=json.dumps(config, sort_keys=True),
         payload=payload,
         sha256=digest,
-        signature=sign(key, version, step, arch_id, digest),
+        signature='' if key is None else sign(key, lineage, version, step, arch_id, digest),
     )
 
 
-def verify_weights(msg: ModelWeights, key: bytes, arch_id: str, config: dict) -> dict:
+def verify_weights(msg: ModelWeights, key: bytes | None, arch_id: str, config: dict) -> dict:
     """The state dict of a snapshot whose signature, hash, architecture and config check out.
 
-    Raises MessageError naming the first check that fails, also for a signed payload that is
+    ``key`` None is the unsigned demo mode: everything but the signature is checked. Raises
+    MessageError naming the first check that fails, also for a signed payload that is
     malformed (a key holder's bug must not crash A) or holds non-finite weights.
     """
     if msg.arch_id != arch_id:
         raise MessageError(f'weights for architecture {msg.arch_id!r}, expected {arch_id!r}')
     try:
         theirs = json.loads(msg.config_json)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeError) as exc:
         raise MessageError('weights carry a malformed config') from exc
     if theirs != json.loads(json.dumps(config, sort_keys=True)):
         raise MessageError('weights were made for another model config')
-    expected = sign(key, msg.version, msg.step, msg.arch_id, msg.sha256)
-    if not hmac.compare_digest(expected, msg.signature):
-        raise MessageError(f'weights version {msg.version}: signature does not verify')
+    if key is not None:
+        expected = sign(key, msg.lineage, msg.version, msg.step, msg.arch_id, msg.sha256)
+        if not hmac.compare_digest(expected, str(msg.signature)):
+            raise MessageError(f'weights version {msg.version}: signature does not verify')
     payload = bytes(msg.payload)
     if hashlib.sha256(payload).hexdigest() != msg.sha256:
         raise MessageError(f'weights version {msg.version}: payload sha256 mismatch')
@@ -201,6 +218,22 @@ def verify_weights(msg: ModelWeights, key: bytes, arch_id: str, config: dict) ->
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise MessageError(f'weights version {msg.version}: {name} is not finite')
     return state
+
+
+def load_weights(
+    msg: ModelWeights, key: bytes | None, arch_id: str, config: dict, predictor: Predictor
+) -> Predictor:
+    """A new Predictor with a snapshot's weights, or MessageError: the one way weights load.
+
+    Every malformed input, from a bad signature to a state dict of the wrong shapes or
+    dtypes, is one MessageError; ``predictor`` itself is never touched, so the caller keeps
+    serving its last good weights.
+    """
+    state = verify_weights(msg, key, arch_id, config)
+    try:
+        return predictor.with_weights(state)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise MessageError(f'weights version {msg.version}: {exc}') from exc
 
 
 # --------------------------------------------------------------------------- label info

@@ -32,7 +32,13 @@ from tsa_ros.learning.adaptive_checkpoint import AdaptiveCheckpoint, SavedState
 from tsa_ros.learning.online import LearnerConfig, OnlineLearner, WeightSnapshot
 from tsa_ros.learning.pairing import TeacherPairing
 from tsa_ros.ros import convert, qos
-from tsa_ros.ros.common import arch_id, declare_network, run, weights_key
+from tsa_ros.ros.common import (
+    arch_id,
+    declare_network,
+    declare_pixel_budget,
+    run,
+    weights_key,
+)
 from tsa_ros.ros.health import Health
 from tsa_ros.ros.params import check_overrides, declare_dataclass
 from tsa_ros.sync import stamp_ns
@@ -94,6 +100,7 @@ class LearnerNode(Node):
         )
         self.params = declare_dataclass(self, LearnerNodeParams())
         self._key = weights_key(self)
+        self._max_pixels = declare_pixel_budget(self, self._model_config)
         check_overrides(self)
         self._arch = arch_id(self._model_config)
         self._config_dict = self._model_config.to_dict()
@@ -110,6 +117,15 @@ class LearnerNode(Node):
             self.get_logger().info(
                 f'resumed A from {self._ckpt.path}: step {saved.step}, version {saved.version}'
             )
+        if not self._ckpt.resumed_lineage:
+            # A running A adopts it with a warning of its own; say why it happens.
+            where = self._ckpt.path or 'none (checkpoint_path is empty)'
+            self.get_logger().warning(
+                f'new weights lineage {self._ckpt.lineage}: no checkpoint to continue from '
+                f'({where})'
+            )
+        self.health.set('weights_lineage', self._ckpt.lineage)
+        self.health.set('weights_signing', 'unsigned' if self._key is None else 'hmac-sha256')
         self.learner = OnlineLearner(
             student,
             self.config,
@@ -155,8 +171,10 @@ class LearnerNode(Node):
     def on_image(self, msg: Image) -> None:
         try:
             self._pairing.add_frame(
-                stamp_ns(msg.header), convert.image_to_rgb(msg), time.monotonic()
+                stamp_ns(msg.header), convert.image_to_rgb(msg, self._max_pixels), time.monotonic()
             )
+        except convert.FrameTooLarge as exc:
+            self.health.reject('oversized', str(exc))
         except convert.MessageError as exc:
             self.health.reject('image', str(exc))
         except ValueError as exc:
@@ -206,6 +224,7 @@ class LearnerNode(Node):
         header = Header(stamp=self.get_clock().now().to_msg())
         msg = convert.weights_msg(
             header,
+            self._ckpt.lineage,
             version,
             snap.step,
             self._arch,

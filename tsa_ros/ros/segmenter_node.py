@@ -28,8 +28,15 @@ from tsa_msgs.msg import LabelInfo, ModelWeights, Segmentation
 
 from tsa_ros.data.labels import colorize, overlay
 from tsa_ros.inference import Predictor
+from tsa_ros.learning.snapshot_gate import MAX_VERSION_STEP, SnapshotGate
 from tsa_ros.ros import convert, qos
-from tsa_ros.ros.common import arch_id, declare_network, run, weights_key
+from tsa_ros.ros.common import (
+    arch_id,
+    declare_network,
+    declare_pixel_budget,
+    run,
+    weights_key,
+)
 from tsa_ros.ros.health import Health
 from tsa_ros.ros.params import check_overrides, declare_dataclass
 
@@ -54,6 +61,9 @@ class SegmenterParams:
         posteriors_encoding: 'float16', 'float32' or 'uint8' (probability * 255).
         warmup: Run one dummy forward pass at model.input_size at start-up, so the first
             frame is not slow.
+        max_version_step: Adaptive only: a snapshot of the current lineage more than this
+            many versions beyond the loaded one is rejected (a far-off version would make A
+            refuse every genuine snapshot after it).
     """
 
     role: str = 'student'
@@ -65,10 +75,13 @@ class SegmenterParams:
     posteriors_scale: float = 0.25
     posteriors_encoding: str = Segmentation.POSTERIORS_FLOAT16
     warmup: bool = True
+    max_version_step: int = MAX_VERSION_STEP
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f'role must be one of {ROLES}, got {self.role!r}')
+        if self.max_version_step < 1:
+            raise ValueError(f'max_version_step must be >= 1, got {self.max_version_step}')
         if not 0.0 <= self.overlay_alpha <= 1.0:
             raise ValueError(f'overlay_alpha must be in [0, 1], got {self.overlay_alpha}')
         if not 0.0 < self.posteriors_scale <= 1.0:
@@ -88,12 +101,14 @@ class SegmenterNode(Node):
         self.params = declare_dataclass(self, SegmenterParams())
         model, self._config, self._device = declare_network(self)
         self._arch = arch_id(self._config)
+        self._max_pixels = declare_pixel_budget(self, self._config)
         # The inference path reads (predictor, version) under this lock; a weight swap
         # replaces both at once, so a frame is always segmented by one consistent snapshot.
         self._lock = threading.Lock()
         self._input_size = self._config.input_size if self.params.resize else None
         self._predictor = Predictor(model, device=self._device, input_size=self._input_size)
         self._version = 0
+        self._gate = SnapshotGate(self.params.max_version_step)
         self.health = Health(self)
         self.health.set('role', self.params.role)
         self.health.set('arch', self._arch)
@@ -126,6 +141,7 @@ class SegmenterNode(Node):
         )
         if self.params.role == 'adaptive':
             self._key = weights_key(self)
+            self.health.set('weights_signing', 'unsigned' if self._key is None else 'hmac-sha256')
             self._weights_group = MutuallyExclusiveCallbackGroup()
             self.create_subscription(
                 ModelWeights,
@@ -156,7 +172,10 @@ class SegmenterNode(Node):
     # ------------------------------------------------------------------------ callbacks
     def on_image(self, msg: Image) -> None:
         try:
-            rgb = convert.image_to_rgb(msg)
+            rgb = convert.image_to_rgb(msg, self._max_pixels)
+        except convert.FrameTooLarge as exc:
+            self.health.reject('oversized', str(exc))
+            return
         except convert.MessageError as exc:
             self.health.reject('image', str(exc))
             return
@@ -204,34 +223,42 @@ class SegmenterNode(Node):
                 self._overlay_pub.publish(convert.image_msg(blend, 'rgb8', header))
 
     def on_weights(self, msg: ModelWeights) -> None:
-        """Verify a snapshot, load it into a copy of the model and swap it in atomically."""
-        with self._lock:
-            current, version = self._predictor, self._version
-        if msg.version <= version:
-            self.health.reject(
-                'weights_version', f'snapshot version {msg.version} <= loaded version {version}'
-            )
+        """Gate, verify and load a snapshot into a copy of the model, then swap it in atomically.
+
+        Every way a snapshot can be wrong ends here as one counted rejection; the running
+        model keeps serving frames meanwhile and whenever a snapshot is refused.
+        """
+        verdict = self._gate.check(msg.lineage, msg.version)
+        if not verdict.accepted:
+            self.health.reject(verdict.reason, verdict.message)
             return
+        with self._lock:
+            current = self._predictor
+        start = time.perf_counter()  # loading runs off the inference path
         try:
-            state = convert.verify_weights(msg, self._key, self._arch, self._config.to_dict())
+            predictor = convert.load_weights(
+                msg, self._key, self._arch, self._config.to_dict(), current
+            )
         except convert.MessageError as exc:
             self.health.reject('weights', str(exc))
             return
-        # Load off the inference path: frames keep using the current model meanwhile.
-        start = time.perf_counter()
-        try:
-            predictor = current.with_weights(state)
-        except ValueError as exc:
-            self.health.reject('weights', f'snapshot version {msg.version}: {exc}')
-            return
         with self._lock:
-            if msg.version <= self._version:  # a newer snapshot won meanwhile
-                return
+            if not self._gate.commit(msg.lineage, msg.version):
+                return  # a newer snapshot won meanwhile
             self._predictor, self._version = predictor, int(msg.version)
         self.health.timing('weights_load', 1e3 * (time.perf_counter() - start))
         self.health.count('weights_loaded')
         self.health.set('model_version', msg.version)
-        self.get_logger().info(f'loaded weights version {msg.version} (step {msg.step})')
+        self.health.set('weights_lineage', msg.lineage)
+        if verdict.new_lineage:
+            self.health.count('weights_lineage_changes')
+            self.get_logger().warning(
+                f'adopted new weights lineage {msg.lineage} at version {msg.version}: '
+                'the learner restarted without its checkpoint'
+            )
+        self.get_logger().info(
+            f'loaded weights version {msg.version} (lineage {msg.lineage}, step {msg.step})'
+        )
 
 
 def main(args=None) -> None:
