@@ -387,3 +387,24 @@ def test_payload_matches_ros2_deserialiser(tmp_path, storage):
     assert (info.height, info.width, info.distortion_model) == (H, W, 'plumb_bob')
     np.testing.assert_array_equal(np.reshape(info.k, (3, 3)), frame.camera.K)
     np.testing.assert_array_equal(info.d, np.zeros(5))
+
+
+def test_shift_header_stamp_moves_only_the_stamp():
+    pytest.importorskip('rclpy')
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import Image
+
+    from tsa_ros.data.bag import BagError, shift_header_stamp
+
+    msg = Image(height=2, width=3, encoding='rgb8', step=9, data=bytes(range(18)))
+    msg.header.stamp.sec, msg.header.stamp.nanosec = 100, 999_999_000
+    msg.header.frame_id = 'camera'
+    moved = deserialize_message(shift_header_stamp(serialize_message(msg), 2_500), Image)
+    assert (moved.header.stamp.sec, moved.header.stamp.nanosec) == (101, 1_500)
+    assert moved.header.frame_id == 'camera' and bytes(moved.data) == bytes(msg.data)
+    back = deserialize_message(shift_header_stamp(serialize_message(moved), -2_500), Image)
+    assert back == msg
+    with pytest.raises(BagError, match='out of range'):
+        shift_header_stamp(serialize_message(msg), -(10**12))
+    with pytest.raises(BagError, match='CDR'):
+        shift_header_stamp(b'\x07\x07' + bytes(20), 1)

@@ -146,6 +146,44 @@ def test_silent_role_times_out_and_is_reported(ros):
         return False
 
     assert ros.wait_for(warned, timeout=5), '/diagnostics did not name the silent role'
+    assert all(m.quorum == 2 and not m.degraded for m in probe.fused)
+    assert node.health.counters['frames.partial'] == 3
+
+
+@pytest.mark.parametrize('below_quorum', ['flag', 'drop'])
+def test_a_single_network_is_never_published_as_a_majority(ros, below_quorum):
+    node = make_fusion(ros, timeout_s=0.3, below_quorum=below_quorum)
+    probe = Probe(ros)
+    rng = np.random.default_rng(3)
+    labels = {r: rng.integers(0, C, (H, W), dtype=np.uint8) for r in ROLES}
+    for index in range(3):
+        probe.send(index, labels, roles=('student',))
+    probe.send(3, labels)  # a complete frame after them: quorum met again
+    assert ros.wait_for(lambda: probe.labels and node.health.counters['fused'] == 1, timeout=10)
+    assert len(probe.labels) == 1, 'a one-vote frame reached fused/labels'
+    counters = node.health.counters
+    if below_quorum == 'flag':
+        assert ros.wait_for(lambda: len(probe.fused) == 4, timeout=5)
+        degraded = [m for m in probe.fused if m.degraded]
+        assert len(degraded) == 3 and counters['frames.degraded'] == 3
+        assert all(list(m.roles) == ['student'] and m.quorum == 2 for m in degraded)
+        assert sorted(degraded[0].missing_roles) == ['adaptive', 'teacher']
+    else:
+        time.sleep(0.5)
+        assert len(probe.fused) == 1 and not probe.fused[0].degraded
+        assert counters['frames.dropped_below_quorum'] == 3
+    assert counters['frames.complete'] == 1
+
+
+def test_quorum_must_fit_the_roles():
+    from tsa_ros.ros.fusion_node import FusionNodeParams
+
+    with pytest.raises(ValueError, match='quorum'):
+        FusionNodeParams(quorum=4)
+    with pytest.raises(ValueError, match='quorum'):
+        FusionNodeParams(roles=['teacher'], quorum=2)
+    with pytest.raises(ValueError, match='below_quorum'):
+        FusionNodeParams(below_quorum='hide')
 
 
 def test_twenty_frames_give_twenty_results(ros):

@@ -62,6 +62,9 @@ def test_graphs_have_the_expected_nodes_and_wiring():
 
 
 def test_tsa_up_dry_run_prints_the_same_description(tmp_path):
+    bag = tmp_path / 'bag'  # the preflight wants a bag that exists
+    bag.mkdir()
+    (bag / 'metadata.yaml').write_text('rosbag2_bagfile_information: {}\n')
     out = subprocess.run(
         [
             sys.executable,
@@ -70,7 +73,7 @@ def test_tsa_up_dry_run_prints_the_same_description(tmp_path):
             'up',
             'attack_injection',
             '--bag',
-            '/data/bag',
+            str(bag),
             '--epsilon',
             '10',
             '--device',
@@ -83,7 +86,7 @@ def test_tsa_up_dry_run_prints_the_same_description(tmp_path):
         text=True,
     ).stdout
     printed = json.loads(out)
-    args = GraphArgs(bag='/data/bag', epsilon=10.0, loop=True)
+    args = GraphArgs(bag=str(bag), epsilon=10.0, loop=True)
     expected = describe('attack_injection', args)
     assert [p['name'] for p in printed] == [s.name for s in expected]
     for entry, spec in zip(printed, expected, strict=True):

@@ -1,5 +1,6 @@
 """config/tsa.yaml cannot drift from the nodes: every key is a parameter the node declares."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from rclpy.parameter import Parameter
 
 from tsa_ros.data.bag import BagFrame, write_bag
 from tsa_ros.data.camera import CameraModel
+from tsa_ros.ros.preflight import declared_parameters
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,6 +83,12 @@ def test_every_key_is_a_declared_parameter(ros, tmp_path, params_file):
             assert not undeclared, (
                 f'{params_file} [{name}]: not parameters of the node: {undeclared}'
             )
+            # tsa up's preflight knows exactly what each node declares.
+            executable = 'segmenter' if name in ('teacher', 'student', 'adaptive') else name
+            declared = declared_parameters(executable)
+            if name in ('teacher', 'student'):  # only A checks weight snapshots
+                declared -= {'weights_key_file', 'insecure_unsigned_weights'}
+            assert set(node._parameters) == declared, name
         finally:
             close = getattr(node, 'close', None)
             if close is not None:
@@ -129,3 +137,46 @@ def test_a_params_file_rcl_cannot_parse_is_one_line_not_a_traceback(tmp_path, ro
     assert out.returncode == 2
     assert 'cannot start' in out.stderr and "Couldn't parse params file" in out.stderr
     assert 'Traceback' not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ('content', 'args', 'message'),
+    [
+        (
+            '/**/fusion:\n  ros__parameters:\n    fusion:\n      mdoe: posterior\n',
+            {},
+            "node fusion: unknown parameter 'fusion.mdoe' (did you mean 'fusion.mode'?)",
+        ),
+        (
+            '/**/teacher:\n  ros__parameters:\n    publsh_color: false\n',
+            {},
+            "node teacher: unknown parameter 'publsh_color' (did you mean 'publish_color'?)",
+        ),
+        (
+            '/**/fusion:\n  ros__parameters:\n    roles: [teacher, oracle]\n',
+            {},
+            "fusion roles ['oracle'] are published by no node",
+        ),
+        ('/**/fusion:\n  ros__parameters:\n    roles: [teacher\n  x: 1\n', {}, ':4:4: YAML'),
+        ('', {'teacher_checkpoint': '/nonexistent/T.pt'}, 'checkpoint not found'),
+        ('', {'bag': '/nonexistent/bag'}, 'bag /nonexistent/bag: not found'),
+    ],
+)
+def test_tsa_up_checks_the_whole_graph_before_starting(tmp_path, content, args, message):
+    from tsa_ros.config import ConfigError
+    from tsa_ros.ros.graph import GraphArgs
+    from tsa_ros.ros.up import up
+
+    config = tmp_path / 'params.yaml'
+    config.write_text(content or (REPO / 'test/ros/tiny.yaml').read_text())
+    graph = 'replay' if 'bag' in args else 'tsa'
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        up(graph, GraphArgs(config=str(config), **args), dry_run=True)
+
+
+def test_the_shipped_configs_pass_the_preflight(tmp_path):
+    from tsa_ros.ros.graph import GraphArgs
+    from tsa_ros.ros.up import up
+
+    for config in ('config/tsa.yaml', 'test/ros/tiny.yaml'):
+        assert up('tsa', GraphArgs(config=str(REPO / config)), dry_run=True) == 0

@@ -5,9 +5,11 @@ plumbing and the logic of the graph, not segmentation quality.
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -335,3 +337,85 @@ def test_attack_injection_hurts_s_and_fusion_follows_the_majority(
     assert flipped['student'] > 2 * max(flipped['teacher'], flipped['adaptive'])
     # S's agreement with the triplet's decision drops: the others outvote it.
     assert np.mean(attacked_dis) > np.mean(clean_dis) + 0.05
+
+
+def test_looping_replay_fuses_every_pass(tmp_path, tiny_bag, ros):
+    """Pass k of --loop moves the stamps by k bag lengths, so passes 2, 3 ... are fused too."""
+    with BagReader(tiny_bag) as reader:
+        summary = reader.summary()
+        pass_ns = reader.duration_ns + round(summary.duration_s * 1e9 / (summary.frames - 1))
+    probe = ros.node('probe')
+    passes = set()
+    probe.create_subscription(
+        FusedSegmentation,
+        '/tsa/fused/segmentation',
+        lambda m: passes.add((stamp_of(m) - summary.start_ns) // pass_ns),
+        qos.RESULTS,
+    )
+    graph = Graph(tmp_path, 'replay', '--config', str(TINY), '--bag', str(tiny_bag), '--loop')
+    try:
+        assert ros.wait_for(lambda: {2, 3} <= passes, timeout=240), (
+            f'fused passes {sorted(passes)}\n' + graph.log('fusion') + graph.log('bag_player')
+        )
+    finally:
+        code = graph.stop()
+    assert code == 0
+
+
+def node_pid(graph, name):
+    """PID of the node process `name` under a `tsa up` graph."""
+    for entry in Path('/proc').iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / 'stat').read_text()
+            argv = (entry / 'cmdline').read_bytes().split(b'\0')
+        except OSError:
+            continue
+        parent = int(stat.rsplit(')', 1)[1].split()[1])
+        if parent == graph.proc.pid and f'__node:={name}'.encode() in argv:
+            return int(entry.name)
+    return None
+
+
+def test_a_crashed_segmenter_is_restarted_while_fusion_carries_on(ros, tmp_path):
+    graph = Graph(tmp_path, 'tsa', '--config', str(TINY))
+    try:
+        probe = ros.node('probe')
+        pub = probe.create_publisher(Image, '/camera/image_raw', qos.RESULTS)
+        fused = []
+        probe.create_subscription(
+            FusedSegmentation, '/tsa/fused/segmentation', fused.append, qos.RESULTS
+        )
+        assert ros.wait_for(lambda: pub.get_subscription_count() >= 4, timeout=120)
+        images = frames(4)
+        count = [0]
+
+        def send_until(condition, timeout):
+            """A 4 Hz camera until ``condition`` holds."""
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                pub.publish(image_msg(images[count[0] % 4], 'rgb8', header(count[0])))
+                count[0] += 1
+                if ros.wait_for(condition, timeout=0.25):
+                    return True
+            return False
+
+        def votes(n, since=0):
+            return lambda: any(len(m.roles) == n for m in fused[since:])
+
+        assert send_until(votes(3), 90), 'never fused with three votes'
+        pid = node_pid(graph, 'student')
+        os.kill(pid, signal.SIGKILL)
+        mark = len(fused)
+        # The others keep running: frames are fused from T and A (quorum 2 of 3 met).
+        assert send_until(votes(2, mark), 30), graph.log('fusion')
+        two = next(m for m in fused[mark:] if len(m.roles) == 2)
+        assert list(two.missing_roles) == ['student'] and not two.degraded
+        # tsa up restarts the student; three votes again.
+        mark = len(fused)
+        assert send_until(votes(3, mark), 120), 'the student did not come back'
+        assert node_pid(graph, 'student') not in (None, pid)
+    finally:
+        code = graph.stop()
+    assert code == 1, 'a node died during the run: tsa up must say so'

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -442,6 +443,30 @@ def _replace(staged: Path, out: Path, tmp: Path, overwrite: bool) -> None:
 
 
 # --------------------------------------------------------------------------- reading
+
+
+#: Message types whose first field is a std_msgs/Header (what tsa bags record).
+HEADER_FIRST_TYPES = frozenset(
+    {'sensor_msgs/msg/Image', 'sensor_msgs/msg/CameraInfo', 'sensor_msgs/msg/CompressedImage'}
+)
+
+
+def shift_header_stamp(raw: bytes | memoryview, offset_ns: int) -> bytes:
+    """CDR bytes of a header-first message with its header stamp moved by ``offset_ns``.
+
+    The stamp (int32 sec, uint32 nanosec) directly follows the 4-byte encapsulation header,
+    so it is rewritten in place of a copy, without deserialising the pixels.
+    """
+    data = bytearray(raw)
+    if len(data) < 12 or data[0] != 0 or data[1] not in (0, 1):
+        raise BagError('not a plain CDR message: cannot move its header stamp')
+    order = '<' if data[1] == 1 else '>'
+    sec, nanosec = struct.unpack_from(f'{order}iI', data, 4)
+    stamp = sec * 1_000_000_000 + nanosec + int(offset_ns)
+    if stamp < 0 or stamp // 1_000_000_000 >= 2**31:
+        raise BagError(f'stamp {stamp} ns out of range after an offset of {offset_ns} ns')
+    struct.pack_into(f'{order}iI', data, 4, *divmod(stamp, 1_000_000_000))
+    return bytes(data)
 
 
 class BagReader:

@@ -14,6 +14,11 @@ accepts ``bytes``): no deserialisation, no copy of the pixels into Python object
 ``main()`` normally (useful for scripted replays). Diagnostics count the messages published
 per topic and the loops completed.
 
+When looping, pass k moves every header stamp by k times the bag's length plus one frame
+gap (``stamp_offset_s`` in the diagnostics): consumers join and deduplicate by stamp, so
+re-sent stamps would all be "late" after the first pass; moved ones make each pass new
+frames to them, in the same order and spacing.
+
 A missing or unreadable bag is an error at construction: the exception names the path.
 """
 
@@ -32,7 +37,14 @@ from rclpy.publisher import Publisher
 from std_msgs.msg import Bool
 
 from tsa_ros.config import ConfigError
-from tsa_ros.data.bag import TOPIC_GROUND_TRUTH, TOPIC_IMAGE, BagError, BagReader
+from tsa_ros.data.bag import (
+    HEADER_FIRST_TYPES,
+    TOPIC_GROUND_TRUTH,
+    TOPIC_IMAGE,
+    BagError,
+    BagReader,
+    shift_header_stamp,
+)
 from tsa_ros.ros import qos
 from tsa_ros.ros.common import run
 from tsa_ros.ros.health import Health
@@ -136,6 +148,10 @@ class BagPlayerNode(Node):
         self.done = threading.Event()
         self._stop = threading.Event()
         summary = self.reader.summary()
+        # One pass = the bag's length plus one frame gap, so pass k+1 continues pass k.
+        gap_ns = summary.duration_s * 1e9 / (summary.frames - 1) if summary.frames > 1 else 1e9
+        self._pass_ns = self.reader.duration_ns + round(gap_ns)
+        self._shiftable = {t for t in self.topics if bag_topics[t][0] in HEADER_FIRST_TYPES}
         self.get_logger().info(
             f'playing {self.params.bag}: {summary.frames} frames, {summary.duration_s:.1f} s, '
             f'topics {self.topics}, rate {self.params.rate or "max"}'
@@ -151,7 +167,9 @@ class BagPlayerNode(Node):
                 return
             start_ns = self.reader.start_ns + round(self.params.start_offset_s * 1e9)
             while not self._stop.is_set():
-                sent = self._play_once(start_ns)
+                offset_ns = self.loops * self._pass_ns
+                self.health.set('stamp_offset_s', f'{offset_ns / 1e9:.3f}')
+                sent = self._play_once(start_ns, offset_ns)
                 if self._stop.is_set():
                     return
                 self.loops += 1
@@ -192,8 +210,8 @@ class BagPlayerNode(Node):
         # samples of writers it has not discovered: give discovery a moment to finish.
         return not self._stop.wait(_SETTLE_S)
 
-    def _play_once(self, start_ns: int) -> int:
-        """One pass over the bag from start_ns; returns the messages published."""
+    def _play_once(self, start_ns: int, offset_ns: int = 0) -> int:
+        """One pass over the bag from start_ns, stamps moved by offset_ns; returns the count."""
         self.health.status(DiagnosticStatus.OK, 'playing')
         rate = self.params.rate
         sent = 0
@@ -209,6 +227,8 @@ class BagPlayerNode(Node):
             elif self._stop.is_set():
                 return sent
             pub = self.pubs[topic]
+            if offset_ns and topic in self._shiftable:
+                raw = shift_header_stamp(raw, offset_ns)
             pub.publish(raw if isinstance(raw, bytes) else bytes(raw))
             if rate == 0:
                 pub.wait_for_all_acked(_ACK_TIMEOUT)  # flow control instead of a clock

@@ -151,6 +151,11 @@ def run(node_factory: Callable[[], Node], args: Sequence[str] | None = None, thr
             executor.spin()
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
+        except _rclpy.RCLError:
+            # Ctrl-C shut the context down while a callback was publishing ("context is not
+            # valid"): a normal end. An RCLError while the context is fine is a real failure.
+            if rclpy.ok():
+                raise
         except (ValueError, OSError) as exc:  # ConfigError, CheckpointError, BagError, files
             if node is not None:
                 raise

@@ -43,6 +43,7 @@ from tsa_ros.sync import JoinedGroup, StampJoiner, stamp_ns
 
 #: Longest period of the timer that gives up incomplete frames (~10 Hz).
 EXPIRE_PERIOD_S = 0.1
+BELOW_QUORUM = ('flag', 'drop')
 
 
 @dataclass
@@ -56,11 +57,17 @@ class FusionNodeParams:
             it has when a new frame would exceed it.
         timeout_s: Seconds a frame waits for all roles before it is fused from the results
             that did arrive (the missing roles are reported).
+        quorum: Votes a fused mask needs (default 2 of 3). A frame with fewer networks is
+            degraded: never published on fused/labels, and on fused/segmentation only with
+            `degraded` set (below_quorum 'flag') or not at all ('drop').
+        below_quorum: 'flag' or 'drop', see quorum.
     """
 
     roles: list[str] = field(default_factory=lambda: ['teacher', 'student', 'adaptive'])
     max_pending: int = 16
     timeout_s: float = 1.0
+    quorum: int = 2
+    below_quorum: str = 'flag'
 
     def __post_init__(self) -> None:
         if not self.roles or len(set(self.roles)) != len(self.roles) or not all(self.roles):
@@ -69,6 +76,15 @@ class FusionNodeParams:
             raise ValueError(f'max_pending must be >= 1, got {self.max_pending}')
         if not self.timeout_s > 0:
             raise ValueError(f'timeout_s must be > 0, got {self.timeout_s}')
+        if not 1 <= self.quorum <= len(self.roles):
+            raise ValueError(
+                f'quorum must be in [1, {len(self.roles)}] (the number of roles), '
+                f'got {self.quorum}'
+            )
+        if self.below_quorum not in BELOW_QUORUM:
+            raise ValueError(
+                f'below_quorum must be one of {BELOW_QUORUM}, got {self.below_quorum!r}'
+            )
 
 
 class FusionNode(Node):
@@ -163,13 +179,22 @@ class FusionNode(Node):
             if fused is None:
                 continue
             msg, labels = fused
+            self._report_missing(group.missing)
+            if msg.degraded:
+                # Fewer votes than the quorum: never an unmarked "majority" of one network.
+                if self.params.below_quorum == 'drop':
+                    self.health.count('frames.dropped_below_quorum')
+                    continue
+                self._fused_pub.publish(msg)
+                self.health.count('frames.degraded')
+                continue
             self._labels_pub.publish(msg.labels)
             self._fused_pub.publish(msg)
             if self._color_pub.get_subscription_count():  # for people (rviz): skip if unseen
                 self._color_pub.publish(convert.image_msg(colorize(labels), 'rgb8', msg.header))
             self.health.timing('fusion', 1e3 * (time.perf_counter() - start))
             self.health.count('fused')
-            self._report_missing(group.missing)
+            self.health.count('frames.complete' if not group.missing else 'frames.partial')
 
     def _fuse(self, group: JoinedGroup) -> tuple[FusedSegmentation, np.ndarray] | None:
         """The FusedSegmentation of one joined frame and its fused labels, or None."""
@@ -206,6 +231,8 @@ class FusionNode(Node):
             disagreement=[float(d) for d in result.disagreement],
             missing_roles=[str(r) for r in group.missing],
             suspected_role=suspected,
+            quorum=self.params.quorum,
+            degraded=len(fused.roles) < self.params.quorum,
         )
         return msg, result.labels
 

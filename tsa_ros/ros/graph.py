@@ -59,6 +59,9 @@ class GraphArgs:
         device: Device of every network: cpu, cuda, cuda:N or auto.
         namespace: Namespace of the graph's nodes and topics.
         image_topic: Camera topic the segmenters and the learner consume.
+        admission_hz: Frames per second the triplet segments, chosen by header stamp so that
+            T, S, A and the learner all take the same frames (0 = every frame). Set it at or
+            below the rate the slowest network sustains.
         teacher_checkpoint: tsa checkpoint of T ('' = random weights, demo only).
         student_checkpoint: tsa checkpoint of S, the start of A ('' = random weights).
         adaptive_checkpoint: tsa checkpoint A starts from, e.g. the learner's last
@@ -77,6 +80,7 @@ class GraphArgs:
     device: str = 'cpu'
     namespace: str = 'tsa'
     image_topic: str = '/camera/image_raw'
+    admission_hz: float = 0.0
     teacher_checkpoint: str = ''
     student_checkpoint: str = ''
     adaptive_checkpoint: str = ''
@@ -98,6 +102,10 @@ class GraphArgs:
             raise ConfigError(f'rate must be > 0, got {self.rate}')
         if self.epsilon < 0:
             raise ConfigError(f'epsilon must be >= 0, got {self.epsilon}')
+        if not self.admission_hz >= 0:
+            raise ConfigError(
+                f'admission_hz must be >= 0 (0 = every frame), got {self.admission_hz}'
+            )
         self.namespace = self.namespace.strip('/')
 
     @classmethod
@@ -132,6 +140,7 @@ def launch_arguments(graph: str) -> list[LaunchArgument]:
         'device',
         'namespace',
         'image_topic',
+        'admission_hz',
         'teacher_checkpoint',
         'student_checkpoint',
         'adaptive_checkpoint',
@@ -163,6 +172,9 @@ class NodeSpec:
     namespace: str
     parameters: dict[str, Any]
     remappings: tuple[tuple[str, str], ...] = ()
+    #: Restarted when it dies (the others keep running; fusion's quorum carries the graph).
+    #: Not the bag player: its end is the end of a replay.
+    respawn: bool = True
 
     @property
     def module(self) -> str:
@@ -170,14 +182,29 @@ class NodeSpec:
         return f'tsa_ros.ros.{self.executable}_node'
 
 
-def role_network(params_file: str, role: str) -> dict[str, Any]:
-    """``seed`` and ``model.*`` of a role's section in the params file (flattened)."""
+def load_params_file(path: str) -> dict[str, Any]:
+    """The params file as a mapping; a YAML error is one line naming the file and line."""
     import yaml
 
     try:
-        data = yaml.safe_load(Path(params_file).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f'cannot read params file {params_file}: {exc}') from exc
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f'cannot read params file {path}: {exc.strerror}') from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, 'problem_mark', None)
+        where = f'{path}:{mark.line + 1}:{mark.column + 1}' if mark else path
+        problem = getattr(exc, 'problem', None) or str(exc).splitlines()[0]
+        raise ConfigError(f'{where}: YAML syntax error: {problem}') from None
+    if not isinstance(data, dict):
+        raise ConfigError(f'{path}: not a params file (expected node sections at the top)')
+    return data
+
+
+def role_network(params_file: str, role: str) -> dict[str, Any]:
+    """``seed`` and ``model.*`` of a role's section in the params file (flattened)."""
+    data = load_params_file(params_file)
     section = {}
     for key, value in data.items():
         if str(key).rstrip('/').split('/')[-1] == role:
@@ -208,7 +235,12 @@ def describe(graph: str, args: GraphArgs | None = None) -> list[NodeSpec]:
     }
     nodes = []
     for role in ROLES:
-        params = {'role': role, 'device': args.device, 'checkpoint': checkpoints[role]}
+        params = {
+            'role': role,
+            'device': args.device,
+            'checkpoint': checkpoints[role],
+            'admission_hz': args.admission_hz,
+        }
         remap = image
         if role == 'teacher':
             params['publish_posteriors'] = True
@@ -216,7 +248,12 @@ def describe(graph: str, args: GraphArgs | None = None) -> list[NodeSpec]:
             params.update(student_net)
             remap = image + (('weights', f'{ns}/learner/weights'),)
         nodes.append(NodeSpec('segmenter', role, ns, params, remap))
-    learner = {'device': args.device, 'checkpoint': args.student_checkpoint, **student_net}
+    learner = {
+        'device': args.device,
+        'checkpoint': args.student_checkpoint,
+        'admission_hz': args.admission_hz,
+        **student_net,
+    }
     nodes.append(NodeSpec('learner', 'learner', ns, learner, image))
     nodes.append(NodeSpec('fusion', 'fusion', ns, {}))
 
@@ -232,7 +269,7 @@ def describe(graph: str, args: GraphArgs | None = None) -> list[NodeSpec]:
         remap = ()
         if graph == 'attack_injection':
             remap = (('/camera/image_raw', '/camera/image_clean'),)
-        nodes.append(NodeSpec('bag_player', 'bag_player', ns, player, remap))
+        nodes.append(NodeSpec('bag_player', 'bag_player', ns, player, remap, respawn=False))
         evaluator = {'report_path': args.report, 'clean_report': args.clean_report}
         nodes.append(
             NodeSpec(

@@ -9,25 +9,42 @@ from __future__ import annotations
 
 from tsa_ros.ros.graph import GraphArgs, describe, launch_arguments
 
+#: Seconds before launch restarts a node that died (``tsa up`` backs off from 1 s to 30 s).
+RESPAWN_DELAY_S = 2.0
+
 
 def node_actions(graph: str, values: dict[str, str]) -> list:
-    """launch_ros Node actions for ``graph`` with launch-argument strings ``values``."""
+    """launch_ros Node actions for ``graph`` with launch-argument strings ``values``.
+
+    Nodes that die are respawned (``NodeSpec.respawn``); the bag player is not, and with
+    ``exit_when_done`` its exit shuts the whole launch down, as ``tsa up`` does, so the
+    evaluator writes its report.
+    """
+    from launch.actions import Shutdown
     from launch_ros.actions import Node
 
     args = GraphArgs.from_strings(values)
-    return [
-        Node(
-            package='tsa_ros',
-            executable=spec.executable,
-            name=spec.name,
-            namespace=spec.namespace,
-            parameters=[args.params_file, spec.parameters],
-            remappings=list(spec.remappings),
-            output='screen',
-            emulate_tty=True,
+    actions = []
+    for spec in describe(graph, args):
+        extra = {}
+        if spec.respawn:
+            extra.update(respawn=True, respawn_delay=RESPAWN_DELAY_S)
+        if spec.executable == 'bag_player' and args.exit_when_done:
+            extra['on_exit'] = [Shutdown(reason='the bag has been played (exit_when_done)')]
+        actions.append(
+            Node(
+                package='tsa_ros',
+                executable=spec.executable,
+                name=spec.name,
+                namespace=spec.namespace,
+                parameters=[args.params_file, spec.parameters],
+                remappings=list(spec.remappings),
+                output='screen',
+                emulate_tty=True,
+                **extra,
+            )
         )
-        for spec in describe(graph, args)
-    ]
+    return actions
 
 
 def generate(graph: str):

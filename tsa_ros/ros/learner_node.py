@@ -28,6 +28,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from tsa_msgs.msg import LearnerStatus, ModelWeights, Segmentation
 
+from tsa_ros.admission import FrameAdmission
 from tsa_ros.learning.adaptive_checkpoint import AdaptiveCheckpoint, SavedState
 from tsa_ros.learning.online import LearnerConfig, OnlineLearner, WeightSnapshot
 from tsa_ros.learning.pairing import TeacherPairing
@@ -68,6 +69,8 @@ class LearnerNodeParams:
         status_period_s: Period of the LearnerStatus messages on ~/status.
         resize: False: camera frames must already have model.input_size; True: resize them
             to model.input_size before training.
+        admission_hz: Take only the frames the segmenters admit (tsa_ros.admission, same
+            rate as theirs); the others could never meet a teacher result. 0 = every frame.
     """
 
     checkpoint_path: str = ''
@@ -76,8 +79,11 @@ class LearnerNodeParams:
     max_pending: int = 16
     status_period_s: float = 1.0
     resize: bool = False
+    admission_hz: float = 0.0
 
     def __post_init__(self) -> None:
+        if not self.admission_hz >= 0:
+            raise ValueError(f'admission_hz must be >= 0, got {self.admission_hz}')
         if not self.checkpoint_every_s >= 0:
             raise ValueError(f'checkpoint_every_s must be >= 0, got {self.checkpoint_every_s}')
         if not self.join_timeout_s > 0:
@@ -147,7 +153,10 @@ class LearnerNode(Node):
             count=self.health.count,
             reject=self.health.reject,
         )
-        self.create_subscription(Image, 'image', self.on_image, qos.SENSOR)
+        self._admission = FrameAdmission(self.params.admission_hz)
+        self.create_subscription(
+            Image, 'image', self.on_image, qos.camera(self.params.admission_hz)
+        )
         self.create_subscription(
             Segmentation, 'teacher/segmentation', self.on_teacher, qos.RESULTS
         )
@@ -169,6 +178,13 @@ class LearnerNode(Node):
 
     # ------------------------------------------------------------------------ inputs
     def on_image(self, msg: Image) -> None:
+        lost = self._admission.lost
+        admitted = self._admission.admit(stamp_ns(msg.header))
+        if self._admission.lost > lost:  # inferred from a stamp gap (tsa_ros.admission)
+            self.health.count('lost.camera', self._admission.lost - lost)
+        if not admitted:
+            self.health.count('skipped.admission')
+            return
         try:
             self._pairing.add_frame(
                 stamp_ns(msg.header), convert.image_to_rgb(msg, self._max_pixels), time.monotonic()

@@ -26,6 +26,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from tsa_msgs.msg import LabelInfo, ModelWeights, Segmentation
 
+from tsa_ros.admission import FrameAdmission
 from tsa_ros.data.labels import colorize, overlay
 from tsa_ros.inference import Predictor
 from tsa_ros.learning.snapshot_gate import MAX_VERSION_STEP, SnapshotGate
@@ -39,6 +40,7 @@ from tsa_ros.ros.common import (
 )
 from tsa_ros.ros.health import Health
 from tsa_ros.ros.params import check_overrides, declare_dataclass
+from tsa_ros.sync import stamp_ns
 
 ROLES = ('teacher', 'student', 'adaptive')
 
@@ -61,6 +63,8 @@ class SegmenterParams:
         posteriors_encoding: 'float16', 'float32' or 'uint8' (probability * 255).
         warmup: Run one dummy forward pass at model.input_size at start-up, so the first
             frame is not slow.
+        admission_hz: Frames per second segmented, chosen by header stamp (tsa_ros.admission)
+            so the whole triplet takes the same frames; 0 = every frame.
         max_version_step: Adaptive only: a snapshot of the current lineage more than this
             many versions beyond the loaded one is rejected (a far-off version would make A
             refuse every genuine snapshot after it).
@@ -75,11 +79,14 @@ class SegmenterParams:
     posteriors_scale: float = 0.25
     posteriors_encoding: str = Segmentation.POSTERIORS_FLOAT16
     warmup: bool = True
+    admission_hz: float = 0.0
     max_version_step: int = MAX_VERSION_STEP
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f'role must be one of {ROLES}, got {self.role!r}')
+        if not self.admission_hz >= 0:
+            raise ValueError(f'admission_hz must be >= 0, got {self.admission_hz}')
         if self.max_version_step < 1:
             raise ValueError(f'max_version_step must be >= 1, got {self.max_version_step}')
         if not 0.0 <= self.overlay_alpha <= 1.0:
@@ -109,6 +116,7 @@ class SegmenterNode(Node):
         self._predictor = Predictor(model, device=self._device, input_size=self._input_size)
         self._version = 0
         self._gate = SnapshotGate(self.params.max_version_step)
+        self._admission = FrameAdmission(self.params.admission_hz)
         self.health = Health(self)
         self.health.set('role', self.params.role)
         self.health.set('arch', self._arch)
@@ -137,7 +145,11 @@ class SegmenterNode(Node):
         # loaded while frames keep flowing, and the diagnostics timer is never starved.
         self._image_group = MutuallyExclusiveCallbackGroup()
         self.create_subscription(
-            Image, 'image', self.on_image, qos.SENSOR, callback_group=self._image_group
+            Image,
+            'image',
+            self.on_image,
+            qos.camera(self.params.admission_hz),
+            callback_group=self._image_group,
         )
         if self.params.role == 'adaptive':
             self._key = weights_key(self)
@@ -171,6 +183,13 @@ class SegmenterNode(Node):
 
     # ------------------------------------------------------------------------ callbacks
     def on_image(self, msg: Image) -> None:
+        lost = self._admission.lost
+        admitted = self._admission.admit(stamp_ns(msg.header))
+        if self._admission.lost > lost:  # inferred from a stamp gap (tsa_ros.admission)
+            self.health.count('lost.camera', self._admission.lost - lost)
+        if not admitted:
+            self.health.count('skipped.admission')  # before any decoding: costs nothing
+            return
         try:
             rgb = convert.image_to_rgb(msg, self._max_pixels)
         except convert.FrameTooLarge as exc:

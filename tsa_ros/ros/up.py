@@ -2,9 +2,15 @@
 
 Starts every node of :func:`tsa_ros.ros.graph.describe` as its own process with exactly the
 name, namespace, params file, parameter overrides and remappings that the launch files give
-``launch_ros.actions.Node``. Ctrl-C (SIGINT/SIGTERM) stops all of them; when one node fails
-the others are stopped too. With ``exit_when_done`` the graph ends when the bag player does,
-and every node gets SIGINT so the evaluator writes its report.
+``launch_ros.actions.Node``. Ctrl-C (SIGINT/SIGTERM) stops all of them.
+
+A node that dies is restarted (``NodeSpec.respawn``, as the launch files set ``respawn``)
+after a back-off of 1 s that doubles up to 30 s while it keeps dying and resets once it has
+run for a minute; the other nodes keep running, and fusion's quorum carries the graph
+meanwhile. The bag player is not restarted: with ``exit_when_done`` its exit ends the graph
+(every node gets SIGINT, so the evaluator writes its report), a failure of it ends the graph
+with status 1. Any node that exits non-zero, also while the graph shuts down, is reported
+and makes ``tsa up`` exit 1.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tsa_ros.ros.graph import GraphArgs, NodeSpec, describe
+from tsa_ros.ros.preflight import check_graph
 
 
 def ros_value(value: object) -> str:
@@ -52,6 +59,7 @@ def up(graph: str, args: GraphArgs, *, dry_run: bool = False, log_dir: str | Non
     params_file = args.params_file
     if not Path(params_file).is_file():
         raise FileNotFoundError(f'params file not found: {params_file}')
+    check_graph(graph, args, specs)  # the whole configuration, before any node starts
     commands = {spec.name: node_command(spec, params_file) for spec in specs}
     if dry_run:
         print(
@@ -76,11 +84,8 @@ def up(graph: str, args: GraphArgs, *, dry_run: bool = False, log_dir: str | Non
     logs = Path(log_dir) if log_dir else None
     if logs:
         logs.mkdir(parents=True, exist_ok=True)
-    procs: dict[str, subprocess.Popen] = {}
-    for name, cmd in commands.items():
-        out = open(logs / f'{name}.log', 'wb') if logs else None
-        procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT if out else None)
-    print(f'tsa up {graph}: started {", ".join(procs)}', flush=True)
+    supervisor = Supervisor(specs, commands, logs)
+    print(f'tsa up {graph}: started {", ".join(supervisor.procs)}', flush=True)
 
     stopping = False
 
@@ -93,28 +98,89 @@ def up(graph: str, args: GraphArgs, *, dry_run: bool = False, log_dir: str | Non
     try:
         while not stopping:
             time.sleep(0.2)
-            for name, proc in procs.items():
-                code = proc.poll()
-                if code is None:
-                    continue
-                if name == 'bag_player' and code == 0 and args.exit_when_done:
-                    print('tsa up: bag finished, stopping the graph', flush=True)
-                elif code != 0:
-                    print(
-                        f'tsa up: node {name} exited with {code}, stopping the graph',
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    status = 1
-                else:
-                    continue
-                stopping = True
+            ended = supervisor.poll(time.monotonic(), exit_when_done=args.exit_when_done)
+            if ended is not None:
+                status = ended
                 break
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        stop_all(procs)
-    return status
+        stop_all(supervisor.procs)
+    for name, proc in supervisor.procs.items():
+        if name not in supervisor.restart_at and proc.returncode not in (0, None):
+            print(
+                f'tsa up: node {name} exited with {proc.returncode} while stopping',
+                file=sys.stderr,
+                flush=True,
+            )
+            status = 1
+    return 1 if supervisor.failures else status  # a node died meanwhile: say so
+
+
+#: Back-off of restarts: first delay, cap, and the run time after which it starts again.
+RESTART_DELAY_S, RESTART_DELAY_MAX_S, RESTART_RESET_S = 1.0, 30.0, 60.0
+
+
+class Supervisor:
+    """The graph's processes: starts them, restarts the ones that die, says when to stop."""
+
+    def __init__(self, specs: list[NodeSpec], commands: dict[str, list[str]], logs) -> None:
+        self.specs = {spec.name: spec for spec in specs}
+        self.commands = commands
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.started: dict[str, float] = {}
+        self.delay: dict[str, float] = {}
+        self.restart_at: dict[str, float] = {}
+        self.restarts: dict[str, int] = dict.fromkeys(commands, 0)
+        self.failures = 0
+        for name in commands:
+            self._start(name, time.monotonic())
+
+    def _start(self, name: str, now: float) -> None:
+        out = open(self.logs / f'{name}.log', 'ab') if self.logs else None
+        stderr = subprocess.STDOUT if out else None
+        self.procs[name] = subprocess.Popen(self.commands[name], stdout=out, stderr=stderr)
+        self.started[name] = now
+
+    def poll(self, now: float, exit_when_done: bool = False) -> int | None:
+        """Check every node once; the graph's exit status when it should stop, else None."""
+        for name, proc in self.procs.items():
+            if name in self.restart_at:
+                if now >= self.restart_at[name]:
+                    del self.restart_at[name]
+                    self.restarts[name] += 1
+                    print(f'tsa up: restarting {name} (restart {self.restarts[name]})', flush=True)
+                    self._start(name, now)
+                continue
+            code = proc.poll()
+            if code is None:
+                continue
+            spec = self.specs[name]
+            if not spec.respawn:
+                if code == 0 and exit_when_done:
+                    print('tsa up: bag finished, stopping the graph', flush=True)
+                    return 0
+                print(
+                    f'tsa up: node {name} exited with {code}, stopping the graph',
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 1 if code != 0 else 0
+            self.failures += 1
+            ran = now - self.started[name]
+            delay = self.delay.get(name, RESTART_DELAY_S)
+            if ran >= RESTART_RESET_S:
+                delay = RESTART_DELAY_S
+            self.delay[name] = min(2 * delay, RESTART_DELAY_MAX_S)
+            self.restart_at[name] = now + delay
+            print(
+                f'tsa up: node {name} exited with {code} after {ran:.0f} s; the others keep '
+                f'running, restarting it in {delay:.0f} s',
+                file=sys.stderr,
+                flush=True,
+            )
+        return None
 
 
 def stop_all(procs: dict[str, subprocess.Popen], timeout: float = 10.0) -> None:
