@@ -54,7 +54,14 @@ def context():
     ctx = rclpy.Context()
     rclpy.init(context=ctx, domain_id=0)
     nodes = []
-    yield ctx, nodes
+
+    def make(cls, **params):
+        """A node of ``cls`` in this context (never spun: the tests call its callbacks)."""
+        overrides = [Parameter(name.replace('__', '.'), value=v) for name, v in params.items()]
+        nodes.append(cls(context=ctx, parameter_overrides=overrides))
+        return nodes[-1]
+
+    yield make
     for node in nodes:
         node.destroy_node()
     ctx.shutdown()
@@ -119,18 +126,13 @@ def valid_frames(draw):
 
 @pytest.fixture(scope='module')
 def adaptive(context):
-    ctx, nodes = context
-    node = SegmenterNode(
-        context=ctx,
-        parameter_overrides=[
-            Parameter('role', value='adaptive'),
-            Parameter('model.input_size', value=list(SIZE)),
-            Parameter('max_version_step', value=1000),
-            Parameter('warmup', value=False),
-        ],
+    return context(
+        SegmenterNode,
+        role='adaptive',
+        model__input_size=list(SIZE),
+        max_version_step=1000,
+        warmup=False,
     )
-    nodes.append(node)
-    return node
 
 
 @PROPERTY
@@ -249,16 +251,7 @@ def test_any_snapshot_is_loaded_or_one_counted_rejection(adaptive, msg):
 # --------------------------------------------------------------------------- segmentations
 @pytest.fixture(scope='module')
 def fusion(context):
-    ctx, nodes = context
-    node = FusionNode(
-        context=ctx,
-        parameter_overrides=[
-            Parameter('fusion.mode', value='posterior'),
-            Parameter('max_pending', value=8),
-        ],
-    )
-    nodes.append(node)
-    return node
+    return context(FusionNode, fusion__mode='posterior', max_pending=8)
 
 
 @st.composite

@@ -20,7 +20,7 @@ from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
-from test_system import TINY, Graph, frames
+from test_system import TINY, Graph, children, frames
 from tsa_msgs.msg import FusedSegmentation
 
 from tsa_ros.ros import qos
@@ -30,20 +30,6 @@ from tsa_ros.ros.graph import ROLES
 CAMERA_HZ = 30.0
 ADMISSION_HZ = 2.0
 SECONDS = 30
-
-
-def children(pid):
-    """PIDs of the direct children of ``pid`` (the nodes under `tsa up`)."""
-    out = []
-    for entry in Path('/proc').iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / 'stat').read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(')', 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
 
 
 def rss_mb(pid):

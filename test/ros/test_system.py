@@ -362,19 +362,29 @@ def test_looping_replay_fuses_every_pass(tmp_path, tiny_bag, ros):
     assert code == 0
 
 
+def children(pid):
+    """PIDs of the direct children of ``pid`` (the nodes under `tsa up`)."""
+    out = []
+    for entry in Path('/proc').iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / 'stat').read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(')', 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
 def node_pid(graph, name):
     """PID of the node process `name` under a `tsa up` graph."""
-    for entry in Path('/proc').iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in children(graph.proc.pid):
         try:
-            stat = (entry / 'stat').read_text()
-            argv = (entry / 'cmdline').read_bytes().split(b'\0')
+            argv = Path(f'/proc/{pid}/cmdline').read_bytes().split(b'\0')
         except OSError:
             continue
-        parent = int(stat.rsplit(')', 1)[1].split()[1])
-        if parent == graph.proc.pid and f'__node:={name}'.encode() in argv:
-            return int(entry.name)
+        if f'__node:={name}'.encode() in argv:
+            return pid
     return None
 
 

@@ -12,11 +12,13 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 
+from tsa_ros.admission import FrameAdmission
 from tsa_ros.errors import ConfigError
 from tsa_ros.inference import resolve_device
 from tsa_ros.keys import KEY_FILE_ENV, default_key_path, load_key, resolve_key_path
 from tsa_ros.models import ModelConfig, build_model, load_checkpoint
 from tsa_ros.ros.params import declare_dataclass
+from tsa_ros.sync import stamp_ns
 
 
 @dataclass
@@ -129,6 +131,19 @@ def weights_key(node: Node) -> bytes | None:
     key = load_key(path or None)
     node.get_logger().info(f'weights key from {resolve_key_path(path or None)}')
     return key
+
+
+def admit_frame(admission: FrameAdmission, health, header) -> bool:
+    """Admission of a camera frame (tsa_ros.admission), counted on the node's Health:
+    ``skipped.admission`` for frames not taken, ``lost.camera`` for frames the stamps show
+    this node never received."""
+    lost = admission.lost
+    admitted = admission.admit(stamp_ns(header))
+    if admission.lost > lost:
+        health.count('lost.camera', admission.lost - lost)
+    if not admitted:
+        health.count('skipped.admission')
+    return admitted
 
 
 def run(node_factory: Callable[[], Node], args: Sequence[str] | None = None, threads: int = 2):

@@ -34,6 +34,7 @@ from tsa_ros.learning.online import LearnerConfig, OnlineLearner, WeightSnapshot
 from tsa_ros.learning.pairing import TeacherPairing
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import (
+    admit_frame,
     arch_id,
     declare_network,
     declare_pixel_budget,
@@ -178,13 +179,8 @@ class LearnerNode(Node):
 
     # ------------------------------------------------------------------------ inputs
     def on_image(self, msg: Image) -> None:
-        lost = self._admission.lost
-        admitted = self._admission.admit(stamp_ns(msg.header))
-        if self._admission.lost > lost:  # inferred from a stamp gap (tsa_ros.admission)
-            self.health.count('lost.camera', self._admission.lost - lost)
-        if not admitted:
-            self.health.count('skipped.admission')
-            return
+        if not admit_frame(self._admission, self.health, msg.header):
+            return  # before any decoding: costs nothing
         try:
             self._pairing.add_frame(
                 stamp_ns(msg.header), convert.image_to_rgb(msg, self._max_pixels), time.monotonic()

@@ -32,6 +32,7 @@ from tsa_ros.inference import Predictor
 from tsa_ros.learning.snapshot_gate import MAX_VERSION_STEP, SnapshotGate
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import (
+    admit_frame,
     arch_id,
     declare_network,
     declare_pixel_budget,
@@ -40,7 +41,6 @@ from tsa_ros.ros.common import (
 )
 from tsa_ros.ros.health import Health
 from tsa_ros.ros.params import check_overrides, declare_dataclass
-from tsa_ros.sync import stamp_ns
 
 ROLES = ('teacher', 'student', 'adaptive')
 
@@ -183,13 +183,8 @@ class SegmenterNode(Node):
 
     # ------------------------------------------------------------------------ callbacks
     def on_image(self, msg: Image) -> None:
-        lost = self._admission.lost
-        admitted = self._admission.admit(stamp_ns(msg.header))
-        if self._admission.lost > lost:  # inferred from a stamp gap (tsa_ros.admission)
-            self.health.count('lost.camera', self._admission.lost - lost)
-        if not admitted:
-            self.health.count('skipped.admission')  # before any decoding: costs nothing
-            return
+        if not admit_frame(self._admission, self.health, msg.header):
+            return  # before any decoding: costs nothing
         try:
             rgb = convert.image_to_rgb(msg, self._max_pixels)
         except convert.FrameTooLarge as exc:
