@@ -33,6 +33,7 @@ setup(
             'attacker = tsa_ros.ros.attacker_node:main',
             'bag_player = tsa_ros.ros.bag_player_node:main',
             'evaluator = tsa_ros.ros.evaluator_node:main',
+            'lifecycle_manager = tsa_ros.ros.lifecycle_manager_node:main',
         ],
     },
 )

@@ -1,12 +1,13 @@
 """OnlineLearner: background adaptation of A on J_TS, bounded queue, snapshots, recovery."""
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tsa_ros.learning.adaptive_checkpoint import AdaptiveCheckpoint, SavedState
+from tsa_ros.learning.adaptive_checkpoint import AdaptiveCheckpoint, SavedState, checkpoint_file
 from tsa_ros.learning.losses import TSLossConfig
 from tsa_ros.learning.online import LearnerConfig, OnlineLearner
 from tsa_ros.models import CheckpointError, ModelConfig, build_model
@@ -197,6 +198,24 @@ def test_a_checkpoint_of_another_architecture_is_refused(student, tmp_path):
     other = ModelConfig(arch='erfnet', num_classes=7, input_size=student.config.input_size)
     with pytest.raises(CheckpointError):
         AdaptiveCheckpoint(path, other).resume()
+
+
+def test_an_a_is_resumed_only_on_top_of_the_s_it_was_adapted_from(student, tmp_path, monkeypatch):
+    monkeypatch.setenv('XDG_STATE_HOME', str(tmp_path / 'state'))
+    auto = checkpoint_file('auto', 'ab' * 32)
+    assert auto == tmp_path / 'state' / 'tsa_ros' / f'adaptive-{"ab" * 8}.pt'
+    assert checkpoint_file('auto', 'cd' * 32) != auto  # another S, another file
+    assert checkpoint_file('', 'ab' * 32) is None
+    assert checkpoint_file('~/a.pt', 'ab' * 32) == Path.home() / 'a.pt'
+
+    AdaptiveCheckpoint(auto, student.config, every_s=0, student_sha256='ab' * 32).write(
+        SavedState(student.state_dict(), 5, 3)
+    )
+    same = AdaptiveCheckpoint(auto, student.config, student_sha256='ab' * 32)
+    assert same.resume().version == 3
+    with pytest.raises(CheckpointError, match='adapted from another S'):
+        AdaptiveCheckpoint(auto, student.config, student_sha256='cd' * 32).resume()
+    assert auto.is_file()  # refused, not overwritten
 
 
 def test_pairing_joins_by_stamp_resizes_and_counts(student):

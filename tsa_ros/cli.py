@@ -520,6 +520,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(p)
     p.set_defaults(func=main_from_args)
+
+    from tsa_ros.ros import soak
+
+    p = sub.add_parser(
+        'soak', help='the tsa graph under a steady synthetic camera: memory, latency, accounting'
+    )
+    soak.add_arguments(p)
+    p.set_defaults(func=soak.main_from_args)
     return parser
 
 

@@ -28,6 +28,9 @@ def launch_graph_name(path):
     return call.args[0].value
 
 
+MANAGER = 'lifecycle_manager'
+
+
 @pytest.mark.parametrize('graph', GRAPHS)
 def test_each_launch_file_delegates_to_the_graph_description(graph):
     assert launch_graph_name(LAUNCH / f'{graph}.launch.py') == graph
@@ -36,10 +39,18 @@ def test_each_launch_file_delegates_to_the_graph_description(graph):
 def test_graphs_have_the_expected_nodes_and_wiring():
     args = GraphArgs(bag='/data/bag', attack_target='student', epsilon=10)
     names = {g: [s.name for s in describe(g, args)] for g in GRAPHS}
-    assert names['tsa'] == ['teacher', 'student', 'adaptive', 'learner', 'fusion']
-    assert names['replay'] == names['tsa'] + ['bag_player', 'evaluator']
-    assert names['attack_injection'] == names['replay'] + ['attacker']
+    assert names['tsa'] == ['teacher', 'student', 'adaptive', 'learner', 'fusion', MANAGER]
+    assert names['replay'] == names['tsa'][:-1] + ['bag_player', 'evaluator', MANAGER]
+    assert names['attack_injection'] == names['replay'][:-1] + ['attacker', MANAGER]
     specs = {s.name: s for s in describe('attack_injection', args)}
+    # The manager drives every other node, and activates the player when they are active.
+    manager = specs[MANAGER].parameters
+    assert manager['nodes'] == names['attack_injection'][:-1]
+    assert manager['activate_last'] == ['bag_player']
+    assert 'activate_last' not in describe('tsa', args)[-1].parameters
+    assert not specs[MANAGER].managed
+    assert all(s.parameters['autostart'] is False for s in specs.values() if s.managed)
+    assert specs['bag_player'].parameters['wait_for_subscribers'] == 1  # the attacker
     assert ('image', '/camera/image_raw') in specs['student'].remappings
     assert ('weights', '/tsa/learner/weights') in specs['adaptive'].remappings
     assert specs['bag_player'].remappings == (('/camera/image_raw', '/camera/image_clean'),)

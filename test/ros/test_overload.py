@@ -28,7 +28,7 @@ from tsa_ros.ros.convert import image_msg
 from tsa_ros.ros.graph import ROLES
 
 CAMERA_HZ = 30.0
-ADMISSION_HZ = 2.0
+ADMISSION_HZ = 1.0  # T + S + A at 1 Hz fit one shared core (at 2 Hz they do not, here)
 SECONDS = 30
 
 
@@ -41,7 +41,10 @@ def rss_mb(pid):
 
 def accounted(counters, role):
     """Frames a segmenter segmented, skipped by admission, or knows it lost (stamp gaps)."""
-    return sum(counters.get(role, k) for k in ('frames', 'skipped.admission', 'lost.camera'))
+    return sum(
+        counters.get(role, k)
+        for k in ('frames', 'skipped.admission', 'skipped.inactive', 'lost.camera')
+    )
 
 
 class Counters:

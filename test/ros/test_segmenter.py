@@ -353,3 +353,21 @@ def test_invalid_role_is_refused():
         SegmenterParams(role='oracle')
     with pytest.raises(ValueError, match='posteriors_encoding'):
         SegmenterParams(posteriors_encoding='float64')
+
+
+def test_configure_refuses_a_checkpoint_that_does_not_fit_the_role(ros, tmp_path):
+    from tsa_ros.errors import ConfigError
+    from tsa_ros.models import save_checkpoint
+
+    deeplab = ModelConfig(arch='deeplabv3plus', backbone='resnet18', input_size=SIZE)
+    wrong_arch = save_checkpoint(tmp_path / 'deeplab.pt', build_model(deeplab))
+    wrong_classes = save_checkpoint(
+        tmp_path / 'seven.pt', build_model(ModelConfig(num_classes=7, input_size=SIZE))
+    )
+    # A must run S's architecture (model.*): the learner's snapshots are S-shaped.
+    with pytest.raises(ConfigError, match='must run erfnet'):
+        make_node(ros, role='adaptive', checkpoint=str(wrong_arch))
+    # T may be any architecture, but every network must predict the 19 trainIds.
+    make_node(ros, role='teacher', checkpoint=str(wrong_arch))
+    with pytest.raises(ConfigError, match='predicts 7 classes'):
+        make_node(ros, role='student', checkpoint=str(wrong_classes))

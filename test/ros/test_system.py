@@ -25,8 +25,8 @@ from std_msgs.msg import Header
 from supervised_fit import fit
 from tsa_msgs.msg import FusedSegmentation, ModelWeights, Segmentation
 
-from tsa_ros.data.bag import BagReader
-from tsa_ros.data.export import export_bag
+from tsa_ros.data.bag import BagReader, write_bag
+from tsa_ros.data.export import export_bag, sequence_frames
 from tsa_ros.fusion import majority_vote
 from tsa_ros.metrics import ConfusionMatrix
 from tsa_ros.models import ModelConfig, build_model, load_checkpoint, save_checkpoint
@@ -217,6 +217,38 @@ def test_bag_replay_evaluator_matches_offline_evaluation(tmp_path, tiny_bag, ros
             matrix.update(predict(model, truth[stamp].image), truth[stamp].ground_truth)
         assert stream['pixels'] == matrix.total
         assert stream['miou'] == pytest.approx(matrix.miou(), abs=1e-12), role
+
+
+def test_a_replay_starts_when_the_graph_is_active_and_scores_its_first_frame(
+    tmp_path, tiny_root, ros_domain_id
+):
+    # A bag whose very first message carries ground truth, at the recorded 17 Hz: lost
+    # unless the player waits until every node is active (the lifecycle manager activates
+    # it last) and its camera readers have matched.
+    frames = list(sequence_frames(tiny_root, 'val', size=(H, W)))
+    first = next(i for i, f in enumerate(frames) if f.ground_truth is not None)
+    bag = tmp_path / 'gt_first'
+    write_bag(frames[first:], bag)
+    report = tmp_path / 'report.json'
+    graph = Graph(
+        tmp_path,
+        'replay',
+        '--config',
+        str(TINY),
+        '--bag',
+        str(bag),
+        '--exit-when-done',
+        '--report',
+        str(report),
+    )
+    code = graph.wait(timeout=300)
+    assert code == 0, graph.log('lifecycle_manager') + graph.log('bag_player')
+    result = json.loads(report.read_text())
+    stamp = frames[first].stamp_ns
+    for stream in ('teacher', 'student', 'adaptive', 'fused'):
+        assert stamp in result['streams'][stream]['stamps'], (stream, result['streams'][stream])
+    manager = graph.log('lifecycle_manager')
+    assert 'every node is active' in manager, manager
 
 
 @pytest.fixture(scope='module')

@@ -11,6 +11,7 @@ the adaptive segmenter adopts instead of waiting for versions it has already pas
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
@@ -22,8 +23,25 @@ from torch import Tensor
 
 from tsa_ros.learning.online import OnlineLearner, WeightSnapshot
 from tsa_ros.models import ModelConfig, build_model, load_checkpoint, save_checkpoint
+from tsa_ros.models.checkpoint import CheckpointError
 
-__all__ = ['AdaptiveCheckpoint', 'SavedState', 'new_lineage']
+__all__ = ['AUTO', 'AdaptiveCheckpoint', 'SavedState', 'checkpoint_file', 'new_lineage']
+
+#: checkpoint_path value that picks a file per student (see checkpoint_file).
+AUTO = 'auto'
+
+
+def checkpoint_file(setting: str, student_sha256: str) -> Path | None:
+    """Where A is checkpointed: '' = nowhere; 'auto' = one file per S under the user's
+    state directory (``$XDG_STATE_HOME`` or ``~/.local/state``, then
+    ``tsa_ros/adaptive-<first 16 hex digits of S's weights sha256>.pt``), so an A is only
+    ever resumed on top of the S it was adapted from; anything else is a path (``~`` ok)."""
+    if not setting:
+        return None
+    if setting == AUTO:
+        state = os.environ.get('XDG_STATE_HOME') or Path.home() / '.local' / 'state'
+        return Path(state) / 'tsa_ros' / f'adaptive-{student_sha256[:16]}.pt'
+    return Path(setting).expanduser()
 
 
 def new_lineage() -> str:
@@ -51,6 +69,8 @@ class AdaptiveCheckpoint:
         every_s: a snapshot is written at most this often (0 = every snapshot); the final
             checkpoint is always written.
         clock: monotonic seconds (injectable for tests).
+        student_sha256: sha256 of the weights of the S that A starts from; stored, and a
+            checkpoint of an A adapted from another S is refused instead of resumed.
     """
 
     def __init__(
@@ -59,11 +79,13 @@ class AdaptiveCheckpoint:
         config: ModelConfig,
         every_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        student_sha256: str = '',
     ) -> None:
         if not every_s >= 0:
             raise ValueError(f'every_s must be >= 0, got {every_s}')
         self.path = Path(path) if path else None
         self.config = config
+        self.student_sha256 = student_sha256
         self.every_s = every_s
         self._clock = clock
         self._lock = threading.Lock()
@@ -82,6 +104,14 @@ class AdaptiveCheckpoint:
             return None
         saved, meta = load_checkpoint(self.path, expected=self.config)
         extra = meta['extra']
+        stored = str(extra.get('student_sha256', ''))
+        if stored and self.student_sha256 and stored != self.student_sha256:
+            raise CheckpointError(
+                f'{self.path} holds an A adapted from another S (weights sha256 '
+                f'{stored[:16]}, this S has {self.student_sha256[:16]}); resuming it would '
+                'mix two students: point checkpoint_path elsewhere (or use auto), or move '
+                'the file away'
+            )
         self.version_offset = int(extra.get('version', 0))
         if extra.get('lineage'):  # checkpoints written before lineages keep the new one
             self.lineage, self.resumed_lineage = str(extra['lineage']), True
@@ -104,7 +134,12 @@ class AdaptiveCheckpoint:
             save_checkpoint(
                 self.path,
                 self._model,
-                extra={'step': state.step, 'version': state.version, 'lineage': self.lineage},
+                extra={
+                    'step': state.step,
+                    'version': state.version,
+                    'lineage': self.lineage,
+                    'student_sha256': self.student_sha256,
+                },
             )
             self._last_write = self._clock()
 

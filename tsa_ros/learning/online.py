@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -46,6 +47,8 @@ class LearnerConfig:
             of the parameter change that IFM is meant to drive.
         grad_clip: Optional max gradient norm.
         device: 'cpu', 'cuda', 'cuda:N' or 'auto' (cuda when available).
+        nice: Niceness added to the training thread (Linux; 0 = none): training takes the
+            CPU the segmenters leave, instead of slowing the networks that vote.
     """
 
     lr: float = 1e-5
@@ -56,8 +59,11 @@ class LearnerConfig:
     train_mode: bool = False
     grad_clip: float | None = None
     device: str = 'auto'
+    nice: int = 10
 
     def __post_init__(self) -> None:
+        if not 0 <= self.nice <= 19:
+            raise ValueError(f'learner nice must be in [0, 19], got {self.nice}')
         if isinstance(self.loss, dict):
             self.loss = TSLossConfig(**self.loss)
         if not self.lr > 0:
@@ -71,6 +77,13 @@ class LearnerConfig:
             )
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f'learner grad_clip must be > 0 or None, got {self.grad_clip}')
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Add ``nice`` to the calling thread's niceness (Linux threads have their own)."""
+    if nice and hasattr(os, 'setpriority'):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
 
 
 @dataclass(frozen=True)
@@ -273,6 +286,8 @@ class OnlineLearner:
         return images, probs
 
     def _run(self) -> None:
+        # Before the first torch call: the thread's OpenMP team inherits its niceness.
+        lower_thread_priority(self.config.nice)
         try:
             while not self._stop.is_set():
                 batch = self._next_batch(timeout=0.1)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image
 
@@ -23,6 +22,7 @@ from tsa_ros.inference import frames_to_tensor, tensor_to_frames
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import arch_id, declare_network, run
 from tsa_ros.ros.health import Health
+from tsa_ros.ros.lifecycle import ManagedNode, when_active
 from tsa_ros.ros.params import check_overrides, declare_dataclass
 
 TARGETS = ('teacher', 'student')
@@ -47,11 +47,14 @@ class AttackerParams:
             raise ValueError(f'target must be one of {TARGETS}, got {self.target!r}')
 
 
-class AttackerNode(Node):
+class AttackerNode(ManagedNode):
     """Replace camera frames by adversarial examples; see the module docstring."""
 
     def __init__(self, node_name: str = 'attacker', **kwargs) -> None:
         super().__init__(node_name, **kwargs)
+
+    def configure(self) -> None:
+        """Parameters, network and topics (lifecycle configure; tsa_ros.ros.lifecycle)."""
         # `enabled` is writable: switching the attack on and off is the point of a demo.
         self.params = declare_dataclass(self, AttackerParams(), writable=('enabled',))
         self.attack = declare_dataclass(self, AttackConfig(), 'attack')
@@ -75,6 +78,10 @@ class AttackerNode(Node):
             + ('' if self.params.enabled else ' (disabled: passing frames through)')
         )
 
+    def release(self) -> None:
+        """Drop the network (lifecycle cleanup)."""
+        self._model = None
+
     def _apply_params(self, params: list[Parameter]) -> None:
         for param in params:
             if param.name == 'enabled':
@@ -82,6 +89,7 @@ class AttackerNode(Node):
                 self.health.set(param.name, param.value)
                 self.get_logger().info(f'{param.name} set to {param.value}')
 
+    @when_active
     def on_image(self, msg: Image) -> None:
         if not self.params.enabled:
             self._pub.publish(msg)

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.duration import Duration
-from rclpy.node import Node
 from rclpy.publisher import Publisher
 from std_msgs.msg import Bool
 
@@ -48,6 +47,7 @@ from tsa_ros.data.bag import (
 from tsa_ros.ros import qos
 from tsa_ros.ros.common import run
 from tsa_ros.ros.health import Health
+from tsa_ros.ros.lifecycle import ManagedNode
 from tsa_ros.ros.params import check_overrides, declare_dataclass
 
 #: Longest wait for subscribers' acknowledgements (rate 0 and before exit_when_done).
@@ -106,26 +106,32 @@ def message_class(msgtype: str) -> type:
         raise BagError(f'message type {msgtype} is not installed in this environment') from exc
 
 
-class BagPlayerNode(Node):
+class BagPlayerNode(ManagedNode):
     """Publishes a bag's messages at their recorded times, from a playback thread."""
 
     def __init__(self, node_name: str = 'bag_player', **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        try:
-            self.params = declare_dataclass(self, BagPlayerParams())
-            check_overrides(self)
-            if not self.params.bag:
-                raise ConfigError('parameter bag: required, the path of a rosbag2 directory')
-            self.reader = BagReader(self.params.bag)  # names the path when it is missing
-        except BaseException:
-            self.destroy_node()  # no half-built node left in the context
-            raise
-        try:
-            self._setup()
-        except BaseException:
-            self.reader.close()
-            self.destroy_node()
-            raise
+
+    def configure(self) -> None:
+        """Parameters, the bag and its topics (lifecycle configure); playing starts on activate."""
+        self.reader = None
+        self._thread = None
+        self.params = declare_dataclass(self, BagPlayerParams())
+        check_overrides(self)
+        if not self.params.bag:
+            raise ConfigError('parameter bag: required, the path of a rosbag2 directory')
+        self.reader = BagReader(self.params.bag)  # names the path when it is missing
+        self._setup()
+
+    def activate(self) -> None:
+        """Start the playback thread (once: a deactivated player does not rewind)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._play, name='bag_player', daemon=True)
+            self._thread.start()
+
+    def deactivate(self) -> None:
+        """End playback (a replay is not paused and resumed: its clock would jump)."""
+        self._stop.set()
 
     def _setup(self) -> None:
         bag_topics = self.reader.topics
@@ -157,8 +163,6 @@ class BagPlayerNode(Node):
             f'topics {self.topics}, rate {self.params.rate or "max"}'
             + (', looping' if self.params.loop else '')
         )
-        self._thread = threading.Thread(target=self._play, name='bag_player', daemon=True)
-        self._thread.start()
 
     # ------------------------------------------------------------------ playback thread
     def _play(self) -> None:
@@ -251,12 +255,18 @@ class BagPlayerNode(Node):
             self.context.try_shutdown()
 
     # ------------------------------------------------------------------ lifecycle
-    def close(self) -> None:
+    def release(self) -> None:
         """Stop playback, join the thread and close the bag."""
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5.0)
-        self.reader.close()
+        stop = getattr(self, '_stop', None)
+        if stop is not None:
+            stop.set()
+        thread = getattr(self, '_thread', None)
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+        self._thread = None
+        if getattr(self, 'reader', None) is not None:
+            self.reader.close()
+            self.reader = None
 
 
 def main(args=None) -> None:

@@ -13,11 +13,12 @@ from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 
 from tsa_ros.admission import FrameAdmission
+from tsa_ros.data.labels import NUM_CLASSES
 from tsa_ros.errors import ConfigError
 from tsa_ros.inference import resolve_device
 from tsa_ros.keys import KEY_FILE_ENV, default_key_path, load_key, resolve_key_path
 from tsa_ros.models import ModelConfig, build_model, load_checkpoint
-from tsa_ros.ros.params import declare_dataclass
+from tsa_ros.ros.params import declare_dataclass, declare_once
 from tsa_ros.sync import stamp_ns
 
 
@@ -51,7 +52,8 @@ def declare_pixel_budget(node: Node, config: ModelConfig) -> int:
     """
     from rcl_interfaces.msg import ParameterDescriptor
 
-    value = node.declare_parameter(
+    value = declare_once(
+        node,
         'max_pixels',
         0,
         ParameterDescriptor(
@@ -73,8 +75,12 @@ def arch_id(config: ModelConfig) -> str:
     return f'{config.arch}-{config.backbone}-os{config.output_stride}'
 
 
-def declare_network(node: Node, default: ModelConfig | None = None):
+def declare_network(node: Node, default: ModelConfig | None = None, strict_arch: bool = False):
     """Declare `checkpoint`, `seed`, `device` and `model.*`; load the network, eval mode.
+
+    The network must predict the 19 Cityscapes trainIds. ``strict_arch``: a checkpoint must
+    hold the architecture `model.*` declares (the adaptive student, whose snapshots come
+    from the learner's copy of S).
 
     Returns (model on its device, the ModelConfig, the torch.device).
     """
@@ -83,6 +89,13 @@ def declare_network(node: Node, default: ModelConfig | None = None):
     device = resolve_device(params.device)
     if params.checkpoint:
         model, _ = load_checkpoint(params.checkpoint, map_location='cpu')
+        if strict_arch and arch_id(model.config) != arch_id(config):
+            # A and the learner's copy of S must be one architecture, or every snapshot
+            # would be rejected at run time.
+            raise ConfigError(
+                f'checkpoint {params.checkpoint} holds {arch_id(model.config)}, but this '
+                f"node must run {arch_id(config)} (model.*: the student's architecture)"
+            )
         config = model.config
         node.get_logger().info(f'loaded {arch_id(config)} from {params.checkpoint}')
     else:
@@ -90,6 +103,11 @@ def declare_network(node: Node, default: ModelConfig | None = None):
         model = build_model(config)
         node.get_logger().warning(
             f'no checkpoint given: {arch_id(config)} has random weights (seed {params.seed})'
+        )
+    if config.num_classes != NUM_CLASSES:
+        raise ConfigError(
+            f'{arch_id(config)} predicts {config.num_classes} classes; the graph fuses and '
+            f'evaluates the {NUM_CLASSES} Cityscapes trainIds'
         )
     return model.to(device).eval(), config, device
 
@@ -105,7 +123,8 @@ def weights_key(node: Node) -> bytes | None:
     """
     from rcl_interfaces.msg import ParameterDescriptor
 
-    path = node.declare_parameter(
+    path = declare_once(
+        node,
         'weights_key_file',
         '',
         ParameterDescriptor(
@@ -114,7 +133,8 @@ def weights_key(node: Node) -> bytes | None:
             read_only=True,
         ),
     ).value
-    unsigned = node.declare_parameter(
+    unsigned = declare_once(
+        node,
         'insecure_unsigned_weights',
         False,
         ParameterDescriptor(

@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Empty
 from tsa_msgs.msg import EvaluationStatus
@@ -37,6 +36,7 @@ from tsa_ros.ros import qos
 from tsa_ros.ros.common import run
 from tsa_ros.ros.convert import MessageError, labels_from_image
 from tsa_ros.ros.health import Health
+from tsa_ros.ros.lifecycle import ManagedNode, when_active
 from tsa_ros.ros.params import check_overrides, declare_dataclass
 from tsa_ros.sync import JoinedGroup, StampJoiner, split_ns, stamp_ns
 
@@ -81,11 +81,14 @@ class EvaluatorParams:
             raise ValueError(f'max_pending must be >= 1, got {self.max_pending}')
 
 
-class EvaluatorNode(Node):
+class EvaluatorNode(ManagedNode):
     """Joins ground truth with every stream's labels and keeps a confusion matrix per stream."""
 
     def __init__(self, node_name: str = 'evaluator', **kwargs) -> None:
         super().__init__(node_name, **kwargs)
+
+    def configure(self) -> None:
+        """Parameters, network and topics (lifecycle configure; tsa_ros.ros.lifecycle)."""
         self.params = declare_dataclass(self, EvaluatorParams())
         check_overrides(self)
         self.streams = tuple(self.params.streams)
@@ -123,6 +126,7 @@ class EvaluatorNode(Node):
         )
 
     # ------------------------------------------------------------------ callbacks
+    @when_active
     def on_ground_truth(self, msg: Image) -> None:
         try:
             gt = labels_from_image(msg)
@@ -138,6 +142,7 @@ class EvaluatorNode(Node):
         with self._lock:
             self._handle(self._joiner.add(_GT, stamp_ns(msg.header), item, time.monotonic()))
 
+    @when_active
     def on_labels(self, stream: str, msg: Image) -> None:
         try:
             labels = labels_from_image(msg)
@@ -205,9 +210,9 @@ class EvaluatorNode(Node):
         frames = self.evaluation.frames
         self.get_logger().info(f'wrote {json_path} and {md_path} ({frames} frames)')
 
-    def close(self) -> None:
+    def release(self) -> None:
         """Evaluate the frames still waiting for streams, then write the final report (once)."""
-        if self._closed:
+        if getattr(self, '_closed', True):  # closed, or configure failed before
             return
         self._closed = True
         with self._lock:

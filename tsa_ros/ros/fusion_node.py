@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
-from rclpy.node import Node
 from sensor_msgs.msg import Image
 from tsa_msgs.msg import FusedSegmentation, Segmentation
 
@@ -38,6 +37,7 @@ from tsa_ros.fusion import FusionConfig, SizeMismatchError, fuse_roles
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import run
 from tsa_ros.ros.health import Health
+from tsa_ros.ros.lifecycle import ManagedNode, when_active
 from tsa_ros.ros.params import check_overrides, declare_dataclass
 from tsa_ros.sync import JoinedGroup, StampJoiner, stamp_ns
 
@@ -87,11 +87,14 @@ class FusionNodeParams:
             )
 
 
-class FusionNode(Node):
+class FusionNode(ManagedNode):
     """Fuse the triplet's segmentations of each frame; see the module docstring."""
 
     def __init__(self, node_name: str = 'fusion', **kwargs) -> None:
         super().__init__(node_name, **kwargs)
+
+    def configure(self) -> None:
+        """Parameters, network and topics (lifecycle configure; tsa_ros.ros.lifecycle)."""
         self.config: FusionConfig = declare_dataclass(self, FusionConfig(), 'fusion')
         self.params = declare_dataclass(self, FusionNodeParams())
         self.roles = tuple(self.params.roles)
@@ -131,6 +134,7 @@ class FusionNode(Node):
         )
 
     # ------------------------------------------------------------------------ inputs
+    @when_active
     def on_segmentation(self, msg: Segmentation, role: str) -> None:
         if msg.role and msg.role != role:
             # Fusing a miswired stream would count one network twice.

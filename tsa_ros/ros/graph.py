@@ -9,6 +9,9 @@ rclpy or launch, so the description is testable everywhere.
 Graphs:
 
 * ``tsa``: segmenters for T, S and A on the camera topic, the learner and the fusion node.
+
+Every graph also runs the lifecycle manager, which configures and activates the other
+(lifecycle) nodes and activates the bag player last (:mod:`tsa_ros.ros.lifecycle`).
 * ``replay``: ``tsa`` fed by the bag player, plus the evaluator (ground truth from the bag).
 * ``attack_injection``: ``replay`` with the attacker between the bag and perception: the bag
   plays to ``/camera/image_clean`` and the attacker publishes least-likely adversarial frames
@@ -175,6 +178,8 @@ class NodeSpec:
     #: Restarted when it dies (the others keep running; fusion's quorum carries the graph).
     #: Not the bag player: its end is the end of a replay.
     respawn: bool = True
+    #: A lifecycle node (tsa_ros.ros.lifecycle) that the graph's lifecycle manager drives.
+    managed: bool = True
 
     @property
     def module(self) -> str:
@@ -280,6 +285,12 @@ def describe(graph: str, args: GraphArgs | None = None) -> list[NodeSpec]:
                 (('ground_truth', '/camera/ground_truth'),),
             )
         )
+    if graph in ('replay', 'attack_injection'):
+        # The player publishes nothing until the manager activates it (every other node
+        # active), and then waits for the camera's readers: T, S, A and the learner, or
+        # the attacker in front of them.
+        player = next(n for n in nodes if n.executable == 'bag_player')
+        player.parameters['wait_for_subscribers'] = 1 if graph == 'attack_injection' else 4
     if graph == 'attack_injection':
         target = args.attack_target
         attacker = {
@@ -298,4 +309,12 @@ def describe(graph: str, args: GraphArgs | None = None) -> list[NodeSpec]:
                 (('image_in', '/camera/image_clean'), ('image_out', args.image_topic)),
             )
         )
+    for spec in nodes:
+        spec.parameters['autostart'] = False  # the lifecycle manager starts them
+    names = [spec.name for spec in nodes]
+    last = [spec.name for spec in nodes if spec.executable == 'bag_player']
+    manager: dict[str, Any] = {'nodes': names}
+    if last:  # (an empty list has no type rcl could read)
+        manager['activate_last'] = last
+    nodes.append(NodeSpec('lifecycle_manager', 'lifecycle_manager', ns, manager, managed=False))
     return nodes

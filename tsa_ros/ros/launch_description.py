@@ -16,12 +16,14 @@ RESPAWN_DELAY_S = 2.0
 def node_actions(graph: str, values: dict[str, str]) -> list:
     """launch_ros Node actions for ``graph`` with launch-argument strings ``values``.
 
-    Nodes that die are respawned (``NodeSpec.respawn``); the bag player is not, and with
+    Managed nodes become ``LifecycleNode`` actions, driven to active by the graph's
+    lifecycle manager. Nodes that die are respawned (``NodeSpec.respawn``); the bag player
+    is not, and with
     ``exit_when_done`` its exit shuts the whole launch down, as ``tsa up`` does, so the
     evaluator writes its report.
     """
     from launch.actions import Shutdown
-    from launch_ros.actions import Node
+    from launch_ros.actions import LifecycleNode, Node
 
     args = GraphArgs.from_strings(values)
     actions = []
@@ -31,8 +33,11 @@ def node_actions(graph: str, values: dict[str, str]) -> list:
             extra.update(respawn=True, respawn_delay=RESPAWN_DELAY_S)
         if spec.executable == 'bag_player' and args.exit_when_done:
             extra['on_exit'] = [Shutdown(reason='the bag has been played (exit_when_done)')]
+        # Managed nodes as launch_ros LifecycleNode actions (their transitions can be
+        # observed and requested from launch); the graph's lifecycle manager drives them.
+        action = LifecycleNode if spec.managed else Node
         actions.append(
-            Node(
+            action(
                 package='tsa_ros',
                 executable=spec.executable,
                 name=spec.name,

@@ -23,15 +23,15 @@ import time
 from dataclasses import dataclass
 
 from diagnostic_msgs.msg import DiagnosticStatus
-from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from tsa_msgs.msg import LearnerStatus, ModelWeights, Segmentation
 
 from tsa_ros.admission import FrameAdmission
-from tsa_ros.learning.adaptive_checkpoint import AdaptiveCheckpoint, SavedState
+from tsa_ros.learning.adaptive_checkpoint import AdaptiveCheckpoint, SavedState, checkpoint_file
 from tsa_ros.learning.online import LearnerConfig, OnlineLearner, WeightSnapshot
 from tsa_ros.learning.pairing import TeacherPairing
+from tsa_ros.models.checkpoint import weights_sha256
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import (
     admit_frame,
@@ -42,6 +42,7 @@ from tsa_ros.ros.common import (
     weights_key,
 )
 from tsa_ros.ros.health import Health
+from tsa_ros.ros.lifecycle import ManagedNode, when_active
 from tsa_ros.ros.params import check_overrides, declare_dataclass
 from tsa_ros.sync import stamp_ns
 
@@ -60,7 +61,9 @@ class LearnerNodeParams:
 
     Attributes:
         checkpoint_path: File A is checkpointed to (atomically) and resumed from after a
-            restart; empty = no checkpoint, every start begins again from S.
+            restart; 'auto' = one file per S in the user's state directory
+            (~/.local/state/tsa_ros/adaptive-<S's weights sha256>.pt); empty = no
+            checkpoint, every start begins again from S in a new lineage.
         checkpoint_every_s: Write the checkpoint at the first snapshot this many seconds
             after the last write (0 = at every snapshot), and always on shutdown.
         join_timeout_s: Seconds a camera frame waits for the teacher's result of the same
@@ -95,11 +98,14 @@ class LearnerNodeParams:
             raise ValueError(f'status_period_s must be > 0, got {self.status_period_s}')
 
 
-class LearnerNode(Node):
+class LearnerNode(ManagedNode):
     """Train A from camera frames and teacher posteriors; see the module docstring."""
 
     def __init__(self, node_name: str = 'learner', **kwargs) -> None:
         super().__init__(node_name, **kwargs)
+
+    def configure(self) -> None:
+        """Parameters, network and topics (lifecycle configure; tsa_ros.ros.lifecycle)."""
         student, self._model_config, device = declare_network(self)
         # One device parameter for S and A: `device` (NetworkParams), not `learner.device`.
         self.config = declare_dataclass(
@@ -116,8 +122,12 @@ class LearnerNode(Node):
 
         # Resume: A's weights, step and snapshot version from the last checkpoint (a
         # checkpoint of another architecture fails loudly instead of being overwritten).
+        student_sha = weights_sha256(student.state_dict())
         self._ckpt = AdaptiveCheckpoint(
-            self.params.checkpoint_path, self._model_config, self.params.checkpoint_every_s
+            checkpoint_file(self.params.checkpoint_path, student_sha),
+            self._model_config,
+            self.params.checkpoint_every_s,
+            student_sha256=student_sha,
         )
         saved = self._ckpt.resume()
         if saved is not None:
@@ -178,6 +188,7 @@ class LearnerNode(Node):
         )
 
     # ------------------------------------------------------------------------ inputs
+    @when_active
     def on_image(self, msg: Image) -> None:
         if not admit_frame(self._admission, self.health, msg.header):
             return  # before any decoding: costs nothing
@@ -185,6 +196,7 @@ class LearnerNode(Node):
             self._pairing.add_frame(
                 stamp_ns(msg.header), convert.image_to_rgb(msg, self._max_pixels), time.monotonic()
             )
+            self.health.count('frames')  # as the segmenters: admitted camera frames taken
         except convert.FrameTooLarge as exc:
             self.health.reject('oversized', str(exc))
         except convert.MessageError as exc:
@@ -192,6 +204,7 @@ class LearnerNode(Node):
         except ValueError as exc:
             self.health.reject('size', str(exc))
 
+    @when_active
     def on_teacher(self, msg: Segmentation) -> None:
         try:
             probs = convert.posteriors_from_msg(msg)
@@ -282,9 +295,9 @@ class LearnerNode(Node):
             )
 
     # ------------------------------------------------------------------------ lifecycle
-    def close(self) -> None:
+    def release(self) -> None:
         """Stop and join the training thread, then write the final checkpoint (idempotent)."""
-        if self._closed:
+        if getattr(self, '_closed', True):  # closed, or configure failed before
             return
         self._closed = True
         stopped = False

@@ -123,13 +123,24 @@ def _declare(
         if value is None or (isinstance(value, tuple | list) and not value):
             # rclpy cannot infer a type from None or [] (it would pick BYTE_ARRAY for []).
             descriptor.dynamic_typing = True
-            param = node.declare_parameter(name, _ros_value(value), descriptor)
+            param = declare_once(node, name, _ros_value(value), descriptor)
         else:
             descriptor.type = ptype
-            param = node.declare_parameter(name, _ros_value(value), descriptor)
+            param = declare_once(node, name, _ros_value(value), descriptor)
         got = param.value
         data[field.name] = None if (optional and got is None) else got
     return data
+
+
+def declare_once(node: Node, name: str, value: Any, descriptor: ParameterDescriptor):
+    """Declare a parameter, or return it when a earlier configure already declared it.
+
+    Lifecycle nodes declare their parameters in ``configure``, which runs again after a
+    ``cleanup``; parameters stay declared (read-only ones cannot be undeclared).
+    """
+    if node.has_parameter(name):
+        return node.get_parameter(name)
+    return node.declare_parameter(name, value, descriptor)
 
 
 def check_overrides(node: Node) -> None:

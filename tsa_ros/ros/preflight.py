@@ -24,7 +24,8 @@ _EXTRA = {
     'segmenter': _KEY_PARAMS | {'max_pixels'},
     'learner': _KEY_PARAMS | {'max_pixels'},
 }
-_ALWAYS = {'use_sim_time', 'start_type_description_service'}
+#: Every node: rclpy's own, and ManagedNode's `autostart` (tsa_ros.ros.lifecycle).
+_ALWAYS = {'use_sim_time', 'start_type_description_service', 'autostart'}
 
 
 def declared_parameters(executable: str) -> set[str]:
@@ -38,7 +39,10 @@ def declared_parameters(executable: str) -> set[str]:
                 for config, prefix, exclude in parts
                 for row in _rows(config, prefix, exclude)
             }
-            return names | _EXTRA.get(executable, set()) | _ALWAYS
+            names |= _EXTRA.get(executable, set()) | _ALWAYS
+            if executable == 'lifecycle_manager':  # the one node that is not managed
+                names.discard('autostart')
+            return names
     raise ConfigError(f'unknown executable {executable!r}')
 
 

@@ -40,6 +40,7 @@ def node_sections() -> list[tuple[str, str, list]]:
     from tsa_ros.ros.evaluator_node import EvaluatorParams
     from tsa_ros.ros.fusion_node import FusionNodeParams
     from tsa_ros.ros.learner_node import EXCLUDED, LearnerNodeParams
+    from tsa_ros.ros.lifecycle_manager_node import LifecycleManagerParams
     from tsa_ros.ros.segmenter_node import SegmenterParams
 
     network = [(NetworkParams(), '', ()), (ModelConfig(), 'model.', ())]
@@ -74,6 +75,11 @@ def node_sections() -> list[tuple[str, str, list]]:
             "running mIoU of every stream against the bag's ground truth, report",
             [(EvaluatorParams(), '', ())],
         ),
+        (
+            'lifecycle_manager',
+            'configures and activates the other nodes; the bag player last',
+            [(LifecycleManagerParams(), '', ())],
+        ),
     ]
 
 
@@ -86,7 +92,10 @@ def markdown() -> str:
         'the adaptive segmenter also take `weights_key_file` (path of the key file that '
         'signs weight snapshots; default `$TSA_WEIGHTS_KEY_FILE`, else '
         '`~/.config/tsa_ros/weights.key`) and `insecure_unsigned_weights` (demo/test only: '
-        'neither sign nor check snapshots).',
+        'neither sign nor check snapshots). The segmenter and the learner take `max_pixels` '
+        '(largest frame accepted, 0 = 4x the network input). Every node but the lifecycle '
+        'manager is a lifecycle node and takes `autostart` (default true: configure and '
+        'activate at start; the graphs set false and let the lifecycle manager do it).',
         '',
     ]
     for node, what, parts in node_sections():

@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from tsa_msgs.msg import LabelInfo, ModelWeights, Segmentation
@@ -40,6 +39,7 @@ from tsa_ros.ros.common import (
     weights_key,
 )
 from tsa_ros.ros.health import Health
+from tsa_ros.ros.lifecycle import ManagedNode, when_active
 from tsa_ros.ros.params import check_overrides, declare_dataclass
 
 ROLES = ('teacher', 'student', 'adaptive')
@@ -100,13 +100,18 @@ class SegmenterParams:
             )
 
 
-class SegmenterNode(Node):
+class SegmenterNode(ManagedNode):
     """Segment camera frames with one network of the triplet; see the module docstring."""
 
     def __init__(self, node_name: str = 'segmenter', **kwargs) -> None:
         super().__init__(node_name, **kwargs)
+
+    def configure(self) -> None:
+        """Parameters, network and topics (lifecycle configure; tsa_ros.ros.lifecycle)."""
         self.params = declare_dataclass(self, SegmenterParams())
-        model, self._config, self._device = declare_network(self)
+        model, self._config, self._device = declare_network(
+            self, strict_arch=self.params.role == 'adaptive'
+        )
         self._arch = arch_id(self._config)
         self._max_pixels = declare_pixel_budget(self, self._config)
         # The inference path reads (predictor, version) under this lock; a weight swap
@@ -168,6 +173,10 @@ class SegmenterNode(Node):
             f'{self.params.role} segmenter ready: {self._arch} at {size} on {self._device}'
         )
 
+    def release(self) -> None:
+        """Drop the network (lifecycle cleanup): its memory, on the GPU too, is freed."""
+        self._predictor = None
+
     @property
     def model_version(self) -> int:
         """Version of the weights in use (0 until the adaptive role loads a snapshot)."""
@@ -182,6 +191,7 @@ class SegmenterNode(Node):
         )
 
     # ------------------------------------------------------------------------ callbacks
+    @when_active
     def on_image(self, msg: Image) -> None:
         if not admit_frame(self._admission, self.health, msg.header):
             return  # before any decoding: costs nothing
