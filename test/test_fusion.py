@@ -384,3 +384,23 @@ def test_fuse_roles_names_bad_input():
     ones = {'teacher': np.zeros((2, 2), np.uint8)}
     with pytest.raises(ValueError, match='2 fusion weights for 3 roles'):
         fuse_roles(ROLES, ones, {'teacher': _onehot(ones['teacher'])}, bad)
+
+
+@pytest.mark.parametrize('tie', ['teacher', 'posterior', 'ignore'])
+@pytest.mark.parametrize('k', [1, 2, 3])
+def test_pairwise_vote_equals_counting_on_random_frames(k, tie):
+    """The fast path for K <= 3 against the general counting vote, pixel for pixel."""
+    from tsa_ros.fusion import TIE_RULES, _vote_counts, _vote_pairwise
+
+    rng = np.random.default_rng(100 * k + TIE_RULES.index(tie))  # one stream per case
+    for trial in range(20):
+        classes = int(rng.choice([2, 3, 19]))  # few classes: many agreements and ties
+        shape = (int(rng.integers(1, 3)), 24, 40) if trial % 2 else (24, 40)
+        labels = rng.integers(0, classes, (k, *shape)).astype(np.uint8)
+        labels[rng.random(labels.shape) < 0.2] = 255
+        post = rng.random((k, *shape[:-2], 19, *shape[-2:]), dtype=np.float32)
+        post[..., 1::2, :, :] = post[..., :1, :, :]  # exactly equal sums: lowest id wins
+        order = list(rng.permutation(k))
+        flat = labels.reshape(k, -1)
+        args = (flat, flat != 255, tie, order, list(post), 19, 255)
+        np.testing.assert_array_equal(_vote_pairwise(*args), _vote_counts(*args))
