@@ -205,7 +205,9 @@ def verify_weights(msg: ModelWeights, key: bytes | None, arch_id: str, config: d
         raise MessageError('weights were made for another model config')
     if key is not None:
         expected = sign(key, msg.lineage, msg.version, msg.step, msg.arch_id, msg.sha256)
-        if not hmac.compare_digest(expected, str(msg.signature)):
+        # As bytes: compare_digest refuses str with non-ASCII characters (a hostile field).
+        given = str(msg.signature).encode('utf-8', 'surrogatepass')
+        if not hmac.compare_digest(expected.encode(), given):
             raise MessageError(f'weights version {msg.version}: signature does not verify')
     payload = bytes(msg.payload)
     if hashlib.sha256(payload).hexdigest() != msg.sha256:
