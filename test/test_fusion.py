@@ -404,3 +404,22 @@ def test_pairwise_vote_equals_counting_on_random_frames(k, tie):
         flat = labels.reshape(k, -1)
         args = (flat, flat != 255, tie, order, list(post), 19, 255)
         np.testing.assert_array_equal(_vote_pairwise(*args), _vote_counts(*args))
+
+
+@pytest.mark.parametrize('dtype', [np.float16, np.float32, np.float64])
+def test_blocked_posterior_labels_equal_the_argmax_of_the_fused_map(dtype, monkeypatch):
+    """The cache-blocked running max against materialising the fused map and its argmax."""
+    import tsa_ros.fusion as fusion_module
+
+    monkeypatch.setattr(fusion_module, '_FUSION_BLOCK', 97)  # many blocks, a ragged last one
+    rng = np.random.default_rng(7)
+    for trial in range(12):
+        k = int(rng.integers(1, 4))
+        shape = (19, 13, 29) if trial % 2 else (2, 19, 13, 29)
+        post = rng.random((k, *shape)).astype(dtype)
+        post[:, ..., 3::4, :, :] = post[:, ..., :1, :, :]  # exact ties: the lowest class wins
+        weights = rng.random(k) + 0.1 if trial % 3 else None
+        expected = posterior_fusion(list(post), weights=weights).argmax(axis=-3)
+        np.testing.assert_array_equal(
+            posterior_fusion_labels(list(post), weights=weights), expected
+        )
