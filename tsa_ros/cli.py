@@ -521,6 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     p.set_defaults(func=main_from_args)
 
+    from tsa_ros import bench
+
+    p = sub.add_parser('bench', help='what every stage costs on this machine, beside its floor')
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.main_from_args)
+
     from tsa_ros.ros import soak
 
     p = sub.add_parser(
