@@ -1,5 +1,7 @@
 """The one inference path: resize rules and the Predictor against hand-composed references."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from tsa_ros.inference import (
     Predictor,
     as_numpy,
     frames_to_tensor,
+    has_bf16,
     resize_frame,
     resize_labels,
     resize_posteriors,
@@ -183,3 +186,49 @@ def test_overlay_blends_the_mask_over_the_frame():
     np.testing.assert_array_equal(overlay(rgb, color, 0.0), rgb)
     with pytest.raises(ValueError, match='alpha'):
         overlay(rgb, color, 1.5)
+
+
+@pytest.mark.parametrize('backend', ['channels_last', 'bf16'])
+def test_fast_backends_agree_with_eager(erfnet, backend):
+    """fp32 backends: labels >= 99.9 % equal, logits within 1e-4; bf16 (only on hardware
+    that has it) is reduced precision: labels >= 95 % equal on random weights."""
+    if backend == 'bf16' and not has_bf16(torch.device('cpu')):
+        with pytest.raises(ValueError, match='bfloat16 hardware'):
+            Predictor(copy.deepcopy(erfnet), device='cpu', backend=backend)
+        return
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 256, (32, 64, 3), dtype=np.uint8) for _ in range(2)]
+    eager = Predictor(copy.deepcopy(erfnet), device='cpu', backend='eager')
+    fast = Predictor(copy.deepcopy(erfnet), device='cpu', backend=backend)
+    assert fast.backend == backend and eager.backend == 'eager'
+    x = eager.prepare(frames)
+    with torch.inference_mode():
+        ref_logits = eager.model(x)
+        fast_logits = fast.model(x.contiguous(memory_format=torch.channels_last))
+    labels_eager, probs_eager = eager.infer(x, posteriors=True)
+    labels_fast, probs_fast = fast.infer(x, posteriors=True)
+    agreement = (labels_eager == labels_fast).float().mean().item()
+    if backend == 'bf16':
+        assert agreement >= 0.95
+        return
+    assert agreement >= 0.999
+    torch.testing.assert_close(fast_logits, ref_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(probs_fast, probs_eager, atol=1e-5, rtol=1e-4)
+    swapped = fast.with_weights(erfnet.state_dict())
+    assert swapped.backend == backend  # A's weight swap keeps the backend
+
+
+def test_auto_backend_is_timed_at_warmup_and_explicit_backends_are_kept(erfnet):
+    auto = Predictor(copy.deepcopy(erfnet), device='cpu', input_size=(16, 32))
+    assert auto.backend == 'channels_last'  # until timed
+    auto.warmup((24, 40))
+    assert auto.backend in ('eager', 'channels_last')
+    fmt = torch.channels_last if auto.backend == 'channels_last' else torch.contiguous_format
+    weight = next(p for p in auto.model.parameters() if p.dim() == 4)  # the first conv
+    assert weight.is_contiguous(memory_format=fmt)
+    assert auto.with_weights(erfnet.state_dict()).backend == auto.backend
+    eager = Predictor(copy.deepcopy(erfnet), device='cpu', backend='eager')
+    eager.warmup((16, 32))
+    assert eager.backend == 'eager'
+    with pytest.raises(ValueError, match='backend must be one of'):
+        Predictor(copy.deepcopy(erfnet), device='cpu', backend='tensorrt')

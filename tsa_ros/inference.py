@@ -18,6 +18,7 @@ mode, ``torch.inference_mode``) and applies these rules; it holds no ROS types.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,14 +31,17 @@ from torch import Tensor
 from tsa_ros.models import SegmentationNet
 
 __all__ = [
+    'BACKENDS',
     'Prediction',
     'Predictor',
     'as_numpy',
     'frames_to_tensor',
+    'has_bf16',
     'tensor_to_frames',
     'resize_frame',
     'resize_labels',
     'resize_posteriors',
+    'resolve_backend',
     'resolve_device',
     'scaled_size',
     'set_threads',
@@ -56,6 +60,19 @@ def resolve_device(name: str | torch.device | None = 'auto') -> torch.device:
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'device {str(name)!r} requested but CUDA is not available')
     return device
+
+
+def has_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls run in hardware (AVX512-BF16 / AMX on CPU, sm80+ on CUDA);
+    emulated bf16 is slower than fp32 and not worth offering."""
+    if device.type == 'cuda':
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as f:
+            flags = next((line for line in f if line.startswith('flags')), '')
+    except OSError:
+        return False
+    return bool(set(flags.split(':', 1)[-1].split()) & {'avx512_bf16', 'amx_bf16'})
 
 
 def set_threads(num_threads: int | None) -> None:
@@ -182,6 +199,24 @@ def tensor_to_frames(images: Tensor) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- predictor
+BACKENDS = ('auto', 'eager', 'channels_last', 'bf16')
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """``backend`` validated for ``device``; ``'auto'`` becomes the concrete choice."""
+    if backend not in BACKENDS:
+        raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+    if backend == 'auto':
+        return 'channels_last'
+    if backend == 'bf16':
+        if not has_bf16(device):
+            raise ValueError(
+                f'backend bf16 needs bfloat16 hardware (AVX512-BF16 or AMX on CPU, sm80+ on '
+                f'CUDA); {device} has none: use channels_last'
+            )
+    return backend
+
+
 @dataclass
 class Prediction:
     """One frame's result.
@@ -206,6 +241,14 @@ class Predictor:
             network's training size); ``None`` runs the network at frame size, which must
             then satisfy the network's own size rule.
         num_threads: intra-op threads for this process (``None`` keeps torch's setting).
+        backend: how the forward pass runs (:data:`BACKENDS`): ``'eager'`` (NCHW fp32),
+            ``'channels_last'`` (NHWC fp32: same labels, faster convolutions and a cheap
+            argmax over classes), ``'bf16'`` (channels_last under bfloat16 autocast, only
+            where the hardware has bf16: faster, labels may differ on a few pixels);
+            ``'auto'`` = the faster of the two fp32 paths, timed by :meth:`warmup` on this
+            machine (``'channels_last'`` until then): which one wins depends on the CPU and
+            the input size. Reduced precision is never chosen by itself: it would need its
+            mIoU checked on the trained networks first.
     """
 
     def __init__(
@@ -215,13 +258,21 @@ class Predictor:
         device: str | torch.device | None = 'auto',
         input_size: tuple[int, int] | None = None,
         num_threads: int | None = None,
+        backend: str = 'auto',
     ) -> None:
         set_threads(num_threads)
         self.device = resolve_device(device)
+        self.requested_backend = backend
+        self.backend = resolve_backend(backend, self.device)
         self.model = model.to(self.device).eval()
+        self._set_memory_format()
         self.input_size = None if input_size is None else _check_size(input_size)
         if self.input_size is not None:
             self.model.check_input_size(*self.input_size)
+
+    def _set_memory_format(self) -> None:
+        fmt = torch.contiguous_format if self.backend == 'eager' else torch.channels_last
+        self.model = self.model.to(memory_format=fmt)
 
     @property
     def num_classes(self) -> int:
@@ -247,10 +298,37 @@ class Predictor:
             fresh.load_state_dict(state_dict, strict=True)
         except RuntimeError as exc:
             raise ValueError(f'weights do not fit the network: {exc}') from exc
-        return Predictor(fresh, device=self.device, input_size=self.input_size)
+        return Predictor(
+            fresh, device=self.device, input_size=self.input_size, backend=self.backend
+        )
+
+    def choose_backend(self, size: tuple[int, int], repeats: int = 2) -> str:
+        """For ``backend='auto'``: time the fp32 paths (forward and argmax) at network input
+        ``size`` and keep the faster; any other backend is kept as configured."""
+        if self.requested_backend != 'auto':
+            return self.backend
+        images = torch.zeros((1, 3, *size), device=self.device)
+        seconds = {}
+        for backend in ('channels_last', 'eager'):
+            self.backend = backend
+            self._set_memory_format()
+            self.infer(images)  # untimed: the first call of a format allocates
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                self.infer(images)
+                if self.device.type == 'cuda':
+                    torch.cuda.synchronize(self.device)
+                runs.append(time.perf_counter() - start)
+            seconds[backend] = min(runs)
+        self.backend = min(seconds, key=seconds.get)
+        self._set_memory_format()
+        return self.backend
 
     def warmup(self, size: tuple[int, int]) -> None:
-        """One forward pass on a black ``(H, W)`` frame, so the first real frame is not slow."""
+        """One forward pass on a black ``(H, W)`` frame, so the first real frame is not slow;
+        with ``backend='auto'`` first the choice of the faster backend at the network's size."""
+        self.choose_backend(self.network_size(*size))
         self.predict(np.zeros((*size, 3), np.uint8))
 
     def network_size(self, height: int, width: int) -> tuple[int, int]:
@@ -277,9 +355,15 @@ class Predictor:
         ``images`` are gray values ``(N, 3, h, w)`` already at the network's size (a data
         loader's batch, or :meth:`prepare`'s output).
         """
-        with torch.inference_mode():
-            logits = self.model(images.to(self.device))  # (N, C, h, w)
-            labels = logits.argmax(dim=1)  # (N, h, w)
+        images = images.to(self.device)
+        if self.backend != 'eager':
+            images = images.contiguous(memory_format=torch.channels_last)
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.backend == 'bf16'),
+        ):
+            logits = self.model(images)  # (N, C, h, w), NHWC in memory unless eager
+            labels = logits.argmax(dim=1)  # (N, h, w); over NHWC a contiguous reduction
             probs = torch.softmax(logits.float(), dim=1) if posteriors else None
         return labels, probs
 
@@ -297,7 +381,7 @@ class Predictor:
         labels = labels.to(torch.uint8).cpu().numpy()  # (N, h, w)
         if probs is not None:
             probs = resize_posteriors(probs, scaled_size((height, width), posteriors_scale))
-            probs = probs.cpu().numpy()  # (N, C, h', w')
+            probs = probs.contiguous().cpu().numpy()  # (N, C, h', w'), class planes
         return [
             Prediction(
                 resize_labels(labels[i], (height, width)),

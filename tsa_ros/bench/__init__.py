@@ -2,7 +2,7 @@
 
 Each figure is printed with a reference measured in the same run (interleaved with it, the
 minimum of the repetitions; the median too): a network's forward pass against its
-convolution FLOPs at this machine's measured GEMM peak, the ``Predictor`` against the bare
+convolution FLOPs at this machine's measured compute peak, the ``Predictor`` against the bare
 forward, codec and fusion against a memcpy of their bytes, an attack against its iterations
 in forwards, and S's latency while the learner trains against S idle. The machine (CPU model,
 threads, load average before and after) goes with the numbers: ratios hold across machines,
@@ -56,10 +56,10 @@ def run(
     teacher = build_model(cfg.teacher)
     student = build_model(cfg.student)
     rows: list[figures.Row] = []
-    peaks = {'fp32': figures.gemm_peak(dev, torch.float32, 1024 if quick else 2048, repeats)}
+    peaks = {'fp32': figures.compute_peak(dev, torch.float32, quick, repeats)}
     if has_bf16(dev):
-        peaks['bf16'] = figures.gemm_peak(dev, torch.bfloat16, 1024 if quick else 2048, repeats)
-    _log('GEMM peak ' + ', '.join(f'{k} {v / 1e9:.0f} GFLOP/s' for k, v in peaks.items()))
+        peaks['bf16'] = figures.compute_peak(dev, torch.bfloat16, quick, repeats)
+    _log('compute peak ' + ', '.join(f'{k} {v / 1e9:.0f} GFLOP/s' for k, v in peaks.items()))
     for size in sizes:
         for role, model in (('T', teacher), ('S/A', student)):
             _log(f'{role} forward at {size[0]}x{size[1]}')
@@ -92,7 +92,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f'Machine: {m0["cpu"]} ({m0["cpu_count"]} CPUs, {m0["threads"]} torch threads, '
         f'{m0["cpu_capability"]}), torch {m0["torch"]}, device {m0["device"]}; '
-        f'GEMM peak {peaks}; load average {m0["loadavg"]} before, {m1["loadavg"]} after; '
+        f'compute peak (GEMM or 3x3 conv) {peaks}; '
+        f'load average {m0["loadavg"]} before, {m1["loadavg"]} after; '
         f'{report["repeats"]} repetitions, interleaved with their reference.',
         '',
         '| stage | figure | min ms | median ms | reference | reference ms | ratio |',

@@ -26,7 +26,7 @@ __all__ = [
     'attack_rows',
     'codec_rows',
     'fusion_rows',
-    'gemm_peak',
+    'compute_peak',
     'learner_rows',
     'network_rows',
     'predictor_rows',
@@ -60,12 +60,31 @@ def _size_name(size: tuple[int, int]) -> str:
     return f'{size[0]}x{size[1]}'
 
 
-def gemm_peak(device: torch.device, dtype: torch.dtype, n: int, repeats: int) -> float:
-    """FLOP/s of an ``n``-cubed matrix product in ``dtype``: the machine's compute ceiling."""
+def compute_peak(device: torch.device, dtype: torch.dtype, quick: bool, repeats: int) -> float:
+    """FLOP/s this machine reaches in ``dtype``: the better of a square matrix product and a
+    3x3 convolution (channels_last, 256 channels), the kernels a network is made of.
+
+    Both, because the libraries differ by CPU: on AMD EPYC torch's matmul reaches ~160 and
+    oneDNN's convolution ~180 GFLOP/s, and a floor below what a network achieves is no floor.
+    """
+    n = 1024 if quick else 2048
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    t = interleave({'mm': lambda: torch.mm(a, b)}, repeats, device=device)['mm']
-    return 2 * n**3 / t.min
+    channels, h, w = 256, 32 if quick else 64, 64 if quick else 128
+    x = torch.randn(1, channels, h, w, device=device).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(channels, channels, 3, 3, device=device).to(dtype)
+    weight = weight.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        times = interleave(
+            {
+                'mm': lambda: torch.mm(a, b),
+                'conv': lambda: torch.nn.functional.conv2d(x, weight, padding=1),
+            },
+            max(repeats, 10),
+            device=device,
+        )
+    return max(2 * n**3 / times['mm'].min, 2 * channels**2 * 9 * h * w / times['conv'].min)
 
 
 def _frames(size: tuple[int, int], n: int = 1, seed: int = 0) -> np.ndarray:
@@ -84,9 +103,9 @@ def network_rows(
     repeats: int,
     peaks: dict[str, float],
 ) -> list[Row]:
-    """The bare forward pass of one network per backend against the GEMM floor.
+    """The bare forward pass of one network per backend against the compute floor.
 
-    Floor = the network's convolution FLOPs (2 x MACs) / this run's GEMM peak in that dtype.
+    Floor = the network's convolution FLOPs (2 x MACs) / this run's compute peak in that dtype.
     """
     model = model.to(device).eval()
     flops = 2 * count_conv_macs(model, input_size=size)
@@ -122,10 +141,13 @@ def predictor_rows(
     model: SegmentationNet, size: tuple[int, int], device: torch.device, repeats: int
 ) -> list[Row]:
     """Frame in, labels (and posteriors) out, against the bare forward of the same network."""
-    predictor = Predictor(model, device=device, input_size=size)
+    predictor = Predictor(copy.deepcopy(model), device=device, input_size=size)
+    predictor.warmup(size)  # backend 'auto': the faster fp32 path, as the segmenters choose
     frame = _frames(size)[0]
     x = _input(size, device)
-    net = predictor.model
+    if predictor.backend != 'eager':
+        x = x.contiguous(memory_format=torch.channels_last)
+    net = predictor.model  # the same network in the same backend: the Predictor's overhead
 
     def bare() -> torch.Tensor:
         with torch.inference_mode():
@@ -140,7 +162,7 @@ def predictor_rows(
         repeats,
         device=device,
     )
-    name = f'Predictor {model.config.arch} {_size_name(size)}'
+    name = f'Predictor {model.config.arch} {_size_name(size)} {predictor.backend}'
     return [
         _row('predictor', f'{name} {what}', times[what], 'bare forward', times['bare'].min)
         for what in ('labels', 'labels+posteriors')

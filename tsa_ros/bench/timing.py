@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ['Timing', 'cpu_flags', 'has_bf16', 'interleave', 'loadavg', 'machine']
+from tsa_ros.inference import has_bf16
+
+__all__ = ['Timing', 'has_bf16', 'interleave', 'loadavg', 'machine']
 
 
 @dataclass(frozen=True)
@@ -69,26 +71,6 @@ def loadavg() -> list[float]:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return []
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags of /proc/cpuinfo (empty off Linux)."""
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            for line in f:
-                if line.startswith('flags'):
-                    return set(line.split(':', 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def has_bf16(device: torch.device) -> bool:
-    """Whether bfloat16 matmuls run in hardware (AVX512-BF16 / AMX on CPU, sm80+ on CUDA);
-    emulated bf16 is slower than fp32 and not worth offering."""
-    if device.type == 'cuda':
-        return torch.cuda.is_bf16_supported()
-    return bool(cpu_flags() & {'avx512_bf16', 'amx_bf16'})
 
 
 def machine(device: torch.device) -> dict:

@@ -27,6 +27,7 @@ from tsa_msgs.msg import LabelInfo, ModelWeights, Segmentation
 
 from tsa_ros.admission import FrameAdmission
 from tsa_ros.data.labels import colorize, overlay
+from tsa_ros.errors import ConfigError
 from tsa_ros.inference import Predictor
 from tsa_ros.learning.snapshot_gate import MAX_VERSION_STEP, SnapshotGate
 from tsa_ros.ros import convert, qos
@@ -65,6 +66,8 @@ class SegmenterParams:
             frame is not slow.
         admission_hz: Frames per second segmented, chosen by header stamp (tsa_ros.admission)
             so the whole triplet takes the same frames; 0 = every frame.
+        backend: How the network runs (tsa_ros.inference.BACKENDS): 'auto' (=
+            channels_last), 'eager', 'channels_last' or 'bf16' (where the CPU/GPU has it).
         max_version_step: Adaptive only: a snapshot of the current lineage more than this
             many versions beyond the loaded one is rejected (a far-off version would make A
             refuse every genuine snapshot after it).
@@ -80,6 +83,7 @@ class SegmenterParams:
     posteriors_encoding: str = Segmentation.POSTERIORS_FLOAT16
     warmup: bool = True
     admission_hz: float = 0.0
+    backend: str = 'auto'
     max_version_step: int = MAX_VERSION_STEP
 
     def __post_init__(self) -> None:
@@ -118,7 +122,15 @@ class SegmenterNode(ManagedNode):
         # replaces both at once, so a frame is always segmented by one consistent snapshot.
         self._lock = threading.Lock()
         self._input_size = self._config.input_size if self.params.resize else None
-        self._predictor = Predictor(model, device=self._device, input_size=self._input_size)
+        try:
+            self._predictor = Predictor(
+                model,
+                device=self._device,
+                input_size=self._input_size,
+                backend=self.params.backend,
+            )
+        except ValueError as exc:  # an unknown backend, or bf16 without the hardware
+            raise ConfigError(f'backend: {exc}') from None
         self._version = 0
         self._gate = SnapshotGate(self.params.max_version_step)
         self._admission = FrameAdmission(self.params.admission_hz)
@@ -126,6 +138,7 @@ class SegmenterNode(ManagedNode):
         self.health.set('role', self.params.role)
         self.health.set('arch', self._arch)
         self.health.set('model_version', 0)
+        self.health.set('backend', self._predictor.backend)
 
         if self.params.warmup:
             self._warmup()
@@ -186,8 +199,10 @@ class SegmenterNode(ManagedNode):
     def _warmup(self) -> None:
         start = time.perf_counter()
         self._predictor.warmup(self._config.input_size)
+        self.health.set('backend', self._predictor.backend)
         self.get_logger().info(
-            f'warm-up forward took {1e3 * (time.perf_counter() - start):.0f} ms'
+            f'backend {self._predictor.backend} (requested {self.params.backend}); warm-up '
+            f'took {1e3 * (time.perf_counter() - start):.0f} ms'
         )
 
     # ------------------------------------------------------------------------ callbacks
