@@ -123,3 +123,43 @@ def test_disabled_attacker_passes_frames_through_and_bad_frames_are_rejected(ros
 def test_invalid_target_is_refused():
     with pytest.raises(ValueError, match='target'):
         AttackerParams(target='adaptive')
+
+
+def test_parameter_services_answer_while_an_attack_runs(ros):
+    """Parameter services are not queued behind a frame: the demo switches the attack on and
+    off (`enabled`) while frames flow, and an attack takes seconds on a CPU."""
+    import time
+
+    from rcl_interfaces.srv import GetParameters
+
+    size = (64, 128)
+    ros.add(
+        AttackerNode(
+            context=ros.context,
+            parameter_overrides=[
+                Parameter('model.input_size', value=list(size)),
+                Parameter('attack.epsilon', value=300.0),  # 304 iterations: seconds of work
+            ],
+        )
+    )
+    probe = ros.node('probe')
+    pub = probe.create_publisher(Image, 'image_in', qos.SENSOR)
+    done = []
+    probe.create_subscription(Image, 'image_out', lambda m: done.append(time.monotonic()), 10)
+    client = probe.create_client(GetParameters, '/attacker/get_parameters')
+    assert ros.wait_for(lambda: pub.get_subscription_count() > 0 and client.service_is_ready())
+    rgb = np.zeros((*size, 3), np.uint8)
+    msg = convert.image_msg(rgb, 'rgb8', Header(stamp=Time(sec=1), frame_id='camera'))
+
+    sent = time.monotonic()
+    pub.publish(msg)
+    time.sleep(0.5)  # the attack has begun
+    asked = time.monotonic()
+    future = client.call_async(GetParameters.Request(names=['enabled']))
+    assert ros.wait_for(future.done, timeout=120)
+    answered = time.monotonic()
+    assert future.result().values[0].bool_value is True
+    assert ros.wait_for(lambda: done, timeout=120), 'the attacked frame never came out'
+    # The attack was still running when the answer came, and the answer did not wait for it.
+    assert answered < done[0], (answered - sent, done[0] - sent)
+    assert answered - asked < 1.0, answered - asked

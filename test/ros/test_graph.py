@@ -112,6 +112,55 @@ def test_launch_arguments_cover_graph_args():
     assert all(a.description for a in launch_arguments('attack_injection'))
 
 
+@pytest.mark.parametrize('graph', GRAPHS)
+def test_launch_files_and_tsa_up_give_every_node_the_same_parameters(graph, tmp_path):
+    """The launch path (argument strings -> node kwargs) and the `tsa up` path (options ->
+    command lines) agree on every node's name, parameters, remappings and restart policy."""
+    import argparse
+
+    from tsa_ros.ros.launch_description import RESPAWN_DELAY_S, node_kwargs
+    from tsa_ros.ros.up import add_arguments, ros_value
+
+    given = {'bag': '/data/bag', 'epsilon': '10', 'report': 'on', 'device': 'cpu'}
+    given |= {'exit_when_done': 'true', 'admission_hz': '2', 'attack_target': 'teacher'}
+    names = {a.name for a in launch_arguments(graph)}
+    strings = {a.name: a.default for a in launch_arguments(graph)}
+    strings |= {k: v for k, v in given.items() if k in names}
+    launched = node_kwargs(graph, strings)
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = [graph]
+    for key, value in given.items():
+        if key in names:
+            flag = '--' + key.replace('_', '-')
+            argv += [flag] if value == 'true' else [flag, value]
+    ns = parser.parse_args(argv)
+    up_args = GraphArgs(**{k: getattr(ns, k) for k in GraphArgs.__dataclass_fields__})
+    specs = describe(graph, up_args)
+
+    assert [n['name'] for n in launched] == [s.name for s in specs]
+    for node, spec in zip(launched, specs, strict=True):
+        params_file, parameters = node['parameters']
+        assert params_file == up_args.params_file
+        assert parameters == spec.parameters, spec.name
+        assert node['remappings'] == list(spec.remappings)
+        assert (node['executable'], node['namespace']) == (spec.executable, spec.namespace)
+        assert node['managed'] == spec.managed
+        assert node.get('respawn', False) == spec.respawn
+        if spec.respawn:
+            assert node['respawn_delay'] == RESPAWN_DELAY_S
+        # The bag player's exit ends the launch under exit_when_done, as it ends `tsa up`.
+        assert node['shutdown_on_exit'] == (spec.executable == 'bag_player')
+        # And `tsa up` hands the node the same values (typed as rcl reads them).
+        command = node_command(spec, params_file)
+        for name, value in parameters.items():
+            assert f'{name}:={ros_value(value)}' in command, name
+    if graph != 'tsa':
+        evaluator = next(n for n in launched if n['name'] == 'evaluator')
+        assert evaluator['parameters'][1]['report_path'] == 'on'  # a string, not a bool
+
+
 def test_launch_ros_builds_the_same_nodes():
     """Only where launch_ros is installed (a real ROS 2 install); PyPI has no wheel."""
     pytest.importorskip('launch_ros')

@@ -13,42 +13,53 @@ from tsa_ros.ros.graph import GraphArgs, describe, launch_arguments
 RESPAWN_DELAY_S = 2.0
 
 
-def node_actions(graph: str, values: dict[str, str]) -> list:
-    """launch_ros Node actions for ``graph`` with launch-argument strings ``values``.
+def node_kwargs(graph: str, values: dict[str, str]) -> list[dict]:
+    """The keyword arguments of each launch_ros node action of ``graph``, as plain data.
 
-    Managed nodes become ``LifecycleNode`` actions, driven to active by the graph's
-    lifecycle manager. Nodes that die are respawned (``NodeSpec.respawn``); the bag player
-    is not, and with
-    ``exit_when_done`` its exit shuts the whole launch down, as ``tsa up`` does, so the
-    evaluator writes its report.
+    ``values`` are launch-argument strings. Each dict holds what ``launch_ros.actions.Node``
+    takes (package, executable, name, namespace, parameters, remappings, respawn ...) plus
+    ``managed`` (a ``LifecycleNode`` action) and ``shutdown_on_exit`` (the bag player under
+    ``exit_when_done``). Kept free of launch imports so the parity with ``tsa up`` is tested
+    where launch_ros is not installed.
+    """
+    args = GraphArgs.from_strings(values)
+    nodes = []
+    for spec in describe(graph, args):
+        kwargs = dict(
+            package='tsa_ros',
+            executable=spec.executable,
+            name=spec.name,
+            namespace=spec.namespace,
+            parameters=[args.params_file, dict(spec.parameters)],
+            remappings=list(spec.remappings),
+            output='screen',
+            emulate_tty=True,
+            managed=spec.managed,
+            shutdown_on_exit=spec.executable == 'bag_player' and args.exit_when_done,
+        )
+        if spec.respawn:
+            kwargs.update(respawn=True, respawn_delay=RESPAWN_DELAY_S)
+        nodes.append(kwargs)
+    return nodes
+
+
+def node_actions(graph: str, values: dict[str, str]) -> list:
+    """launch_ros actions for ``graph`` with launch-argument strings ``values``.
+
+    Managed nodes become ``LifecycleNode`` actions (their transitions can be observed and
+    requested from launch), driven to active by the graph's lifecycle manager. Nodes that
+    die are respawned; the bag player is not, and with ``exit_when_done`` its exit shuts the
+    whole launch down, as ``tsa up`` does, so the evaluator writes its report.
     """
     from launch.actions import Shutdown
     from launch_ros.actions import LifecycleNode, Node
 
-    args = GraphArgs.from_strings(values)
     actions = []
-    for spec in describe(graph, args):
-        extra = {}
-        if spec.respawn:
-            extra.update(respawn=True, respawn_delay=RESPAWN_DELAY_S)
-        if spec.executable == 'bag_player' and args.exit_when_done:
-            extra['on_exit'] = [Shutdown(reason='the bag has been played (exit_when_done)')]
-        # Managed nodes as launch_ros LifecycleNode actions (their transitions can be
-        # observed and requested from launch); the graph's lifecycle manager drives them.
-        action = LifecycleNode if spec.managed else Node
-        actions.append(
-            action(
-                package='tsa_ros',
-                executable=spec.executable,
-                name=spec.name,
-                namespace=spec.namespace,
-                parameters=[args.params_file, spec.parameters],
-                remappings=list(spec.remappings),
-                output='screen',
-                emulate_tty=True,
-                **extra,
-            )
-        )
+    for kwargs in node_kwargs(graph, values):
+        action = LifecycleNode if kwargs.pop('managed') else Node
+        if kwargs.pop('shutdown_on_exit'):
+            kwargs['on_exit'] = [Shutdown(reason='the bag has been played (exit_when_done)')]
+        actions.append(action(**kwargs))
     return actions
 
 

@@ -45,11 +45,14 @@ class ManagedNode(LifecycleNodeMixin, Node):
     ``activate``, ``deactivate``, ``release``); see the module docstring.
 
     Everything ``configure`` creates (publishers, subscriptions, timers, services) is
-    destroyed again by cleanup. The lifecycle services have their own callback group, so
-    they answer while frames flow.
+    destroyed again by cleanup. The lifecycle services have their own callback group, and
+    subscriptions and timers created without one go to ``work_group``, so the parameter
+    services (rclpy puts them in the node's default group) answer while a frame is being
+    processed (an attack or a forward pass can take seconds).
     """
 
     def __init__(self, node_name: str, **kwargs) -> None:
+        self.work_group = MutuallyExclusiveCallbackGroup()  # before Node creates anything
         Node.__init__(self, node_name, **kwargs)
         # (rclpy.lifecycle.LifecycleNode cannot pass a callback group for the services.)
         LifecycleNodeMixin.__init__(self, callback_group=MutuallyExclusiveCallbackGroup())
@@ -69,6 +72,18 @@ class ManagedNode(LifecycleNodeMixin, Node):
         ).value
         if autostart:
             self.start()
+
+    def create_subscription(self, *args, callback_group=None, **kwargs):
+        """As rclpy's, in ``work_group`` unless another group is given."""
+        return super().create_subscription(
+            *args, callback_group=callback_group or self.work_group, **kwargs
+        )
+
+    def create_timer(self, *args, callback_group=None, **kwargs):
+        """As rclpy's, in ``work_group`` unless another group is given."""
+        return super().create_timer(
+            *args, callback_group=callback_group or self.work_group, **kwargs
+        )
 
     # ------------------------------------------------------------------ subclass hooks
     def configure(self) -> None:
