@@ -9,12 +9,14 @@ BUILD := build
 MSG_SOURCES := $(wildcard msg/*.msg) interfaces/tsa_msgs/CMakeLists.txt \
 	interfaces/tsa_msgs/package.xml cmake/fix_wheel_include_dirs.cmake tools/build_interfaces.sh
 
-.PHONY: setup keys test lint clean help
+.PHONY: setup keys test lint clean help demo
 .DEFAULT_GOAL := help
 
 help:
 	@echo 'make setup   create .venv, install pinned dependencies, build tsa_msgs, create the'
 	@echo '             weights key file when missing (idempotent)'
+	@echo 'make demo    the whole method in one run: data, T/S/A, the graph under attack, a report'
+	@echo '             (results/demo/index.html; cached re-runs take minutes)'
 	@echo 'make test    run the whole test suite (runs setup first when needed)'
 	@echo 'make lint    ruff check + format check (pinned ruff in .venv)'
 	@echo 'make clean   remove build/ (keeps .venv)'
@@ -41,6 +43,9 @@ $(VENV)/.msgs-done: $(VENV)/.deps-done $(MSG_SOURCES)
 $(STAMP): $(VENV)/.deps-done $(VENV)/.msgs-done setup.py
 	$(VPY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $@
+
+demo: setup
+	$(VENV)/bin/tsa demo
 
 test: setup
 	$(VPY) -m pytest test

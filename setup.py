@@ -14,7 +14,10 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
-        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.rviz')),
+        (
+            'share/' + package_name + '/config',
+            glob('config/*.yaml') + glob('config/*.rviz') + glob('config/*.foxglove.json'),
+        ),
         ('share/' + package_name + '/config/security', glob('config/security/*.xml')),
     ],
     install_requires=['setuptools'],

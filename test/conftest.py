@@ -50,6 +50,17 @@ def ros_domain_id(monkeypatch):
     lock.close()
 
 
+@pytest.fixture(scope='module')
+def module_ros_env():
+    """Environment for child processes of a module-scoped fixture: its own domain, localhost."""
+    domain_id, lock = _claim_domain()
+    yield os.environ | {
+        'ROS_DOMAIN_ID': str(domain_id),
+        'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
+    }
+    lock.close()
+
+
 class RosHarness:
     """One rclpy context on its own domain, spun by a background executor thread.
 

@@ -7,11 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from tsa_ros.data.labels import CLASS_NAMES, TRAIN_COLORS, legend
 from tsa_ros.fusion import (
+    DISAGREEMENT_COLORS,
     FusionConfig,
     FusionResult,
     SizeMismatchError,
+    colorize_disagreement,
     disagreement,
+    disagreement_map,
     fuse,
     fuse_roles,
     majority_vote,
@@ -241,6 +245,69 @@ def test_suspect_logic():
     assert suspect([]) is None
     with pytest.raises(ValueError):
         suspect([0.1], threshold=1.5)
+
+
+# --- images for people: disagreement map, its colours, the class legend -----------------------
+
+
+def test_disagreement_map_by_hand():
+    t, s, a = _maps([0, 1, 2, 3, 0, IGN], [0, 1, 1, 2, IGN, 1], [0, 2, 2, 1, 1, IGN])
+    fused = np.array([[0, 1, 2, 3, 1, IGN]], np.uint8)
+    counts = disagreement_map([t, s, a], fused)
+    # px0 all agree; px1 A differs; px2 S differs; px3 S and A differ; px4 T differs, S did
+    # not vote (no disagreement); px5 no fused decision.
+    np.testing.assert_array_equal(counts, [[0, 1, 1, 2, 1, IGN]])
+    assert counts.dtype == np.uint8
+    # Posterior fusion can pick a class no network voted: all three disagree.
+    assert disagreement_map(_maps([0], [1], [2]), np.array([[3]], np.uint8))[0, 0] == 3
+    # Its sum over the decided pixels is the numerators of the per-network disagreement.
+    per_net = disagreement([t, s, a], fused)
+    valid = [np.count_nonzero((m != IGN) & (fused != IGN)) for m in (t, s, a)]
+    decided = counts[fused != IGN]
+    assert decided.sum() == round(sum(d * n for d, n in zip(per_net, valid, strict=True)))
+    with pytest.raises(ValueError, match='does not match'):
+        disagreement_map([t, s], fused[:, :2])
+    with pytest.raises(ValueError, match='too many networks'):
+        disagreement_map(_maps(*[[0]] * 4), np.array([[0]], np.uint8), ignore_index=3)
+
+
+@settings(max_examples=40, deadline=None)
+@given(stack=hnp.arrays(np.uint8, (3, 4, 6), elements=st.sampled_from([0, 1, 2, IGN])))
+def test_disagreement_map_of_a_majority_of_three(stack):
+    fused = majority_vote(stack, num_classes=3)
+    counts = disagreement_map(stack, fused)
+    decided = fused != IGN
+    np.testing.assert_array_equal(counts == IGN, ~decided)
+    agree = ((stack == fused[None]) | (stack == IGN)).all(axis=0)
+    # Black exactly where every vote cast is the fused label; never more than two dissent.
+    np.testing.assert_array_equal(counts[decided] == 0, agree[decided])
+    assert (counts[decided] <= 2).all()
+
+
+def test_disagreement_colours_are_the_documented_ones():
+    counts = np.array([[0, 1, 2, 3, 7, IGN]], np.uint8)
+    rgb = colorize_disagreement(counts)
+    assert rgb.shape == (1, 6, 3) and rgb.dtype == np.uint8
+    expected = [DISAGREEMENT_COLORS[k] for k in ('0', '1', '2', '3+', '3+', 'ignore')]
+    assert [tuple(c) for c in rgb[0]] == expected
+    assert expected[:3] == [(0, 0, 0), (255, 255, 0), (255, 0, 0)]  # black, yellow, red
+    with pytest.raises(ValueError, match='uint8'):
+        colorize_disagreement(counts.astype(np.int64))
+
+
+def test_legend_shows_every_class_colour_and_a_name():
+    image = legend(row_height=20, width=180)
+    rows = len(CLASS_NAMES) + 1  # and the ignore row
+    assert image.shape == (20 * rows, 180, 3) and image.dtype == np.uint8
+    for i in range(rows):
+        swatch = image[i * 20 + 10, 10]  # centre of the row's swatch
+        expected = TRAIN_COLORS[i] if i < len(CLASS_NAMES) else (0, 0, 0)
+        np.testing.assert_array_equal(swatch, expected)
+        text = image[i * 20 : (i + 1) * 20, 24:]
+        assert (text.min(axis=2) < 128).any(), f'row {i}: no name drawn'
+    assert legend(ignore=None).shape[0] == 20 * len(CLASS_NAMES)
+    with pytest.raises(ValueError, match='class names'):
+        legend(CLASS_NAMES[:3])
 
 
 # --- config and fuse ----------------------------------------------------------------------------

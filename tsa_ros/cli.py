@@ -11,10 +11,70 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
+import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 from tsa_ros.errors import ConfigError
+
+#: A job estimated longer than this gets a warning with its ETA (``tsa train``, ``tsa adapt``).
+LONG_JOB_S = 30 * 60
+
+
+def _shows_default(action: argparse.Action) -> bool:
+    """Whether --help states the action's default: not for flags, nor for "nothing" defaults."""
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return action.default is not None  # --x / --no-x: which one applies unless given
+    if action.nargs == 0 or not (action.option_strings or action.nargs in ('?', '*')):
+        return False  # a flag's absence is its default; required positionals have none
+    # None / '' / [] mean "not given": "(default: None)" would say nothing (the help says it).
+    return action.default not in (None, '', [], (), argparse.SUPPRESS)
+
+
+def _default_text(action: argparse.Action) -> str:
+    """A default as it would be typed: lists as their items (--size 512 1024), --x / --no-x."""
+    value = action.default
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return next(o for o in action.option_strings if o.startswith('--no-') != bool(value))
+    if isinstance(value, list | tuple):
+        return ' '.join(str(v) for v in value)
+    return str(value)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help that states every default and keeps the line breaks of descriptions."""
+
+    def _format_action(self, action: argparse.Action) -> str:
+        # argparse prints no help column for an action without help: give it one.
+        if not action.help and _shows_default(action):
+            action = copy.copy(action)
+            action.help = self._get_help_string(action)
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ''
+        # Help that already names its default ("(default: all cores)", "%(default)s") keeps
+        # its own words.
+        if not _shows_default(action) or 'default' in text.lower():
+            return text
+        shown = 'default: ' + _default_text(action).replace('%', '%%')
+        return f'{text} ({shown})' if text.strip() else shown
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every ``tsa`` parser: defaults in --help, and no prefix matching of long options.
+
+    ``add_subparsers`` creates subparsers of the parser's own class, so subcommands defined
+    in other modules (``tsa up``, ``tsa bench`` ...) get the same behaviour.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault('formatter_class', _HelpFormatter)
+        # "--step 5" silently meaning --steps 5 hides typos: a newcomer should see an error.
+        kwargs.setdefault('allow_abbrev', False)
+        super().__init__(*args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -262,7 +322,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             'sha256': meta['sha256'],
             'config': meta['config'].to_dict(),
         }
-    results = evaluate(models, sets, args.fusion, args.batch_size, device)
+    results = evaluate(models, sets, args.fusion, args.batch_size, device, progress=not args.quiet)
     results['checkpoints'] = checkpoints
     results['split'] = args.split
     table = args.table or {'minival': 1, 'minitest': 2}.get(args.split)
@@ -298,7 +358,107 @@ def _add_eval_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument('--batch-size', type=int, default=4)
     p.add_argument('--device', help='torch device (default: cuda if available)')
+    p.add_argument('--quiet', action='store_true', help='no progress bar (frames done, fps)')
     p.set_defaults(func=_cmd_eval)
+
+
+def _preset_steps(preset, job: str) -> int:
+    """The steps an :class:`~tsa_ros.experiments.paper.ExperimentPreset` gives ``job``."""
+    return {
+        'teacher': preset.teacher_steps,
+        'student': preset.student_steps,
+        'adapt': preset.adapt_steps,
+    }[job]
+
+
+def default_steps(job: str, data: str | Path) -> tuple[int, str]:
+    """Steps of ``job`` ('teacher', 'student' or 'adapt') when neither --steps nor --config sets
+    them, and where the number comes from.
+
+    A synthetic data root names its preset in its manifest; the step counts of ``tsa
+    experiment paper`` for that preset apply (``tsa demo``'s for the demo world). Without a
+    manifest (real Cityscapes) or for a preset without step counts: the paper's numbers.
+    """
+    from tsa_ros.data.cityscapes import MANIFEST
+    from tsa_ros.experiments.paper import PRESETS
+
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(f'data root not found: {root}')
+    paper = _preset_steps(PRESETS['paper'], job)
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        return paper, f"the paper's number (no {MANIFEST} in {root}: real Cityscapes)"
+    try:
+        name = json.loads(manifest.read_text())['preset']['name']
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f'{manifest}: no preset name in it ({exc})') from exc
+    where = f'the {name!r} preset named in {manifest}'
+    for preset in PRESETS.values():
+        if preset.data_preset == name:
+            return _preset_steps(preset, job), f'{where}, as tsa experiment paper runs it'
+    if name == 'demo':
+        from tsa_ros.ros.demo import DemoArgs  # no rclpy at import: only the defaults
+
+        demo = DemoArgs()
+        return (demo.adapt_steps if job == 'adapt' else demo.steps), f'{where}, as tsa demo'
+    return paper, f"the paper's number ({where} has no step counts)"
+
+
+def _config_sets(path: str | None, key: str) -> bool:
+    """Whether the YAML config file sets ``key`` itself (rather than leaving the default)."""
+    if path is None:
+        return False
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text())  # load_config has validated it
+    return isinstance(data, dict) and key in data
+
+
+def _steps(job: str, args: argparse.Namespace, configured: int) -> tuple[int, str]:
+    """The step count to run (``configured``: the config's) and where it comes from."""
+    if args.steps is not None:
+        return args.steps, '--steps'
+    if _config_sets(args.config, 'steps'):
+        return configured, f'--config {args.config}'
+    steps, source = default_steps(job, args.data)
+    return steps, f'{source}; --steps overrides'
+
+
+def _duration(seconds: float) -> str:
+    minutes, hours = seconds / 60, seconds / 3600
+    if minutes < 90:
+        return f'{minutes:.0f} min'
+    if hours < 48:
+        return f'{hours:.1f} h' if hours < 10 else f'{hours:.0f} h'
+    return f'{hours / 24:.1f} days'
+
+
+def eta_warning(
+    command: str, steps: int, seconds_per_step: float, limit_s: float = LONG_JOB_S
+) -> str | None:
+    """The warning before a job of ``steps`` at ``seconds_per_step`` longer than ``limit_s``."""
+    total = steps * seconds_per_step
+    if total <= limit_s:
+        return None
+    pace = f'{seconds_per_step:.2g}' if seconds_per_step < 10 else f'{seconds_per_step:.0f}'
+    return (
+        f'tsa {command}: {steps:,} steps at ~{pace} s/step here: about {_duration(total)}. '
+        'Ctrl-C stops; --resume continues from the last checkpoint.'
+    )
+
+
+def _warn_if_long(command: str) -> Callable[[int, float], None]:
+    """The ``on_pace`` callback of train / adapt: one warning line above the progress bar."""
+
+    def report(steps: int, seconds_per_step: float) -> None:
+        message = eta_warning(command, steps, seconds_per_step)
+        if message:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+
+    return report
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -311,14 +471,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, TrainConfig)
     overrides = {'role': args.role}
-    if args.steps is not None:
-        overrides['steps'] = args.steps
+    overrides['steps'], source = _steps(args.role, args, config.steps)
     if args.batch_size is not None:
         overrides['batch_size'] = args.batch_size
     with _user_input():
         config = dataclasses.replace(config, **overrides)
-    result = train(config, args.data, args.out, resume=args.resume, device=args.device)
-    if int(os.environ.get('RANK', '0')) == 0:  # under torchrun only rank 0 reports
+    main_rank = int(os.environ.get('RANK', '0')) == 0  # under torchrun only rank 0 reports
+    if main_rank:
+        print(f'tsa train: {config.steps:,} steps ({source})', flush=True)
+    result = train(
+        config,
+        args.data,
+        args.out,
+        resume=args.resume,
+        device=args.device,
+        on_pace=_warn_if_long('train'),
+    )
+    if main_rank:
         print(
             f'{args.role}: step {result["step"]}, mIoU {result["miou"]:.4f}, '
             f'checkpoint {result["checkpoint"]}'
@@ -334,9 +503,8 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     from tsa_ros.experiments.adapt import AdaptConfig, adapt
 
     cfg = load_config(args.config, AdaptConfig)
-    overrides = {}
-    if args.steps is not None:
-        overrides['steps'] = args.steps
+    steps, source = _steps('adapt', args, cfg.steps)
+    overrides = {'steps': steps}
     if args.finetune_steps is not None:
         overrides['finetune_steps'] = args.finetune_steps
     loss = cfg.learner.loss
@@ -347,6 +515,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
             loss = dataclasses.replace(loss, alpha=args.alpha)
         learner = dataclasses.replace(cfg.learner, loss=loss)
         cfg = dataclasses.replace(cfg, learner=learner, **overrides)
+    print(f'tsa adapt: {cfg.steps:,} steps ({source})', flush=True)
     name = args.name or ('adaptive_ifm' if args.ifm else 'adaptive')
     path = adapt(
         args.teacher,
@@ -357,9 +526,22 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
         name=name,
         resume=args.resume,
         device=args.device,
+        on_pace=_warn_if_long('adapt'),
     )
     print(f'wrote {path} (alpha {loss.alpha}, beta {loss.beta}, gamma {loss.gamma}, p {loss.p})')
     return 0
+
+
+_STEPS_HELP = (
+    "optimisation steps (default: the --config's if it sets them, else those tsa experiment "
+    "paper runs for the data's synthetic preset, the paper's {paper:,} on Cityscapes)"
+)
+
+
+def _paper_steps(job: str) -> int:
+    from tsa_ros.experiments.paper import PRESETS
+
+    return _preset_steps(PRESETS['paper'], job)
 
 
 def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
@@ -376,9 +558,15 @@ def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
         help='with the IFM loss (alpha from the config, paper 0.6) or without '
         '(--no-ifm: alpha = 0)',
     )
-    p.add_argument('--alpha', type=float, help='override alpha (with --ifm)')
-    p.add_argument('--steps', type=int, help='override the number of steps')
-    p.add_argument('--finetune-steps', type=int, help='steps of the optional fine-tuning')
+    p.add_argument(
+        '--alpha', type=float, help="override alpha (with --ifm; default: the config's)"
+    )
+    p.add_argument('--steps', type=int, help=_STEPS_HELP.format(paper=_paper_steps('adapt')))
+    p.add_argument(
+        '--finetune-steps',
+        type=int,
+        help="steps of the optional fine-tuning (default: the config's, 0 = none)",
+    )
     p.add_argument('--name', help='output name (default adaptive / adaptive_ifm)')
     p.add_argument('--resume', action='store_true', help='continue from OUT/<name>.state.pt')
     p.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto')
@@ -387,12 +575,14 @@ def _add_adapt_command(sub: argparse._SubParsersAction) -> None:
 
 def _add_train_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser('train', help='train the teacher or the student on the labeled split')
-    p.add_argument('--role', required=True, choices=['teacher', 'student'])
+    p.add_argument('--role', required=True, choices=['teacher', 'student'], help='what to train')
     p.add_argument('--data', required=True, help='data root in the Cityscapes layout')
     p.add_argument('--config', help='YAML mapping onto TrainConfig (default: its defaults)')
     p.add_argument('--out', default='runs', help='output folder (default: runs)')
-    p.add_argument('--steps', type=int, help='total optimisation steps (overrides the config)')
-    p.add_argument('--batch-size', type=int, help='images per step and process')
+    p.add_argument('--steps', type=int, help=_STEPS_HELP.format(paper=_paper_steps('student')))
+    p.add_argument(
+        '--batch-size', type=int, help="images per step and process (default: the config's)"
+    )
     p.add_argument('--resume', action='store_true', help='continue from OUT/<role>.state.pt')
     p.add_argument('--device', default='auto', choices=['cpu', 'cuda', 'auto'])
     p.set_defaults(func=_cmd_train)
@@ -411,7 +601,11 @@ def _add_experiment_command(sub: argparse._SubParsersAction) -> None:
     q.add_argument('--out', default='results', help='parent folder of the run')
     q.add_argument('--run', help='run name (default: the preset name)')
     q.add_argument(
-        '--stages', nargs='+', choices=STAGES, metavar='STAGE', help=f'subset of {STAGES}'
+        '--stages',
+        nargs='+',
+        choices=STAGES,
+        metavar='STAGE',
+        help=f'subset of {STAGES} (default: all)',
     )
     q.add_argument(
         '--force',
@@ -467,7 +661,7 @@ def _add_experiment_command(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog='tsa',
         description='Redundant teacher/student/adaptive-student segmentation (Bär et al. 2019).',
     )
@@ -527,6 +721,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(p)
     p.set_defaults(func=bench.main_from_args)
 
+    from tsa_ros.ros import demo
+
+    p = sub.add_parser(
+        'demo', help='the whole method in one run: data, T/S/A, the graph under attack, a report'
+    )
+    demo.add_arguments(p)
+    p.set_defaults(func=demo.main_from_args)
+
     from tsa_ros.ros import soak
 
     p = sub.add_parser(
@@ -534,6 +736,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     soak.add_arguments(p)
     p.set_defaults(func=soak.main_from_args)
+
+    from tsa_ros.ros import record
+
+    p = sub.add_parser(
+        'record', help="record the graph's topics to MCAP (Foxglove / Lichtblick open it)"
+    )
+    record.add_arguments(p)
+    p.set_defaults(func=record.main_from_args)
+
+    from tsa_ros.ros import view
+
+    p = sub.add_parser(
+        'view',
+        help="live view in Foxglove / Lichtblick: a Foxglove WebSocket server on the graph's "
+        'topics',
+    )
+    view.add_arguments(p)
+    p.set_defaults(func=view.main_from_args)
     return parser
 
 
@@ -570,6 +790,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input: one clear line, no traceback.
         print(f'tsa {args.command}: {exc} (--traceback for details)', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.traceback:
+            raise
+        # Ctrl-C is how a user stops a long job: say so, without a traceback (130 = SIGINT).
+        print(f'\ntsa {args.command}: interrupted', file=sys.stderr)
+        return 130
 
 
 if __name__ == '__main__':

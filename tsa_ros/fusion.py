@@ -29,7 +29,10 @@ from tsa_ros.inference import as_numpy, resize_posteriors
 __all__ = [
     'FusionConfig',
     'FusionResult',
+    'DISAGREEMENT_COLORS',
+    'colorize_disagreement',
     'disagreement',
+    'disagreement_map',
     'fuse',
     'fuse_roles',
     'RoleFusion',
@@ -362,6 +365,52 @@ def disagreement(labels: Any, fused: Any, *, ignore_index: int = 255) -> np.ndar
     diff = np.count_nonzero((flat != ref) & both, axis=1)
     with np.errstate(invalid='ignore', divide='ignore'):
         return np.where(n > 0, diff / np.maximum(n, 1), np.nan)
+
+
+def disagreement_map(labels: Any, fused: Any, *, ignore_index: int = 255) -> np.ndarray:
+    """Per pixel, how many networks voted a label other than the fused one.
+
+    A network that cast no vote at a pixel (``ignore_index``) does not disagree there. Pixels
+    where the fused label is ``ignore_index`` (no decision) are ``ignore_index`` too. The map
+    for people (``fused/disagreement``): where it is not 0, the fused mask is contested.
+
+    Returns:
+        uint8 array of the label maps' shape.
+    """
+    lab = _stack(labels, 'labels')
+    ref = as_numpy(fused)
+    if lab.shape[1:] != ref.shape:
+        raise ValueError(f'fused shape {ref.shape} does not match label maps {lab.shape[1:]}')
+    if lab.shape[0] >= ignore_index:  # a count must never read as "no decision"
+        raise ValueError(f'too many networks ({lab.shape[0]}) for ignore_index {ignore_index}')
+    out = np.zeros(ref.shape, dtype=np.uint8)
+    for net in lab:  # loop over networks only: no (K, H, W) boolean temporary
+        out += (net != ref) & (net != ignore_index)
+    out[ref == ignore_index] = ignore_index
+    return out
+
+
+#: Colours of :func:`colorize_disagreement` (RGB): 0 networks disagree black, 1 yellow,
+#: 2 red, 3 or more magenta; no fused decision (ignore) grey.
+DISAGREEMENT_COLORS: dict[str, tuple[int, int, int]] = {
+    '0': (0, 0, 0),
+    '1': (255, 255, 0),
+    '2': (255, 0, 0),
+    '3+': (255, 0, 255),
+    'ignore': (128, 128, 128),
+}
+
+
+def colorize_disagreement(counts: Any, *, ignore_index: int = 255) -> np.ndarray:
+    """RGB (H, W, 3) uint8 image of a :func:`disagreement_map` in DISAGREEMENT_COLORS."""
+    counts = as_numpy(counts)
+    if counts.dtype != np.uint8:
+        raise ValueError(f'disagreement counts must be uint8, got dtype {counts.dtype}')
+    lut = np.empty((256, 3), dtype=np.uint8)
+    lut[:] = DISAGREEMENT_COLORS['3+']
+    lut[0], lut[1], lut[2] = (DISAGREEMENT_COLORS[k] for k in ('0', '1', '2'))
+    lut[ignore_index] = DISAGREEMENT_COLORS['ignore']
+    return lut[counts]
 
 
 def suspect(disagreements: Any, *, threshold: float = 0.2) -> Optional[int]:

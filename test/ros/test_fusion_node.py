@@ -240,3 +240,124 @@ def test_size_mismatch_is_rejected_and_posterior_mode_falls_back(ros):
         decoded(fused[fallback_sec].labels), fusion.majority_vote([labels[r] for r in ROLES])
     )
     assert node.health.counters['fallback.no_posteriors'] == 1
+
+
+# --------------------------------------------------------------------------- for people
+class PeopleProbe(Probe):
+    """A Probe that also plays the camera and watches fused/overlay, fused/disagreement
+    and the latched legend, as rviz or Foxglove would."""
+
+    def __init__(self, ros, node):
+        self.camera_pub = ros.node('camera').create_publisher(Image, 'image', qos.SENSOR)
+        super().__init__(ros)
+        self.overlay, self.disagreement = [], []
+        subs = [
+            self.node.create_subscription(Image, topic, got.append, qos.RESULTS)
+            for topic, got in (
+                ('fused/overlay', self.overlay),
+                ('fused/disagreement', self.disagreement),
+            )
+        ]
+        assert ros.wait_for(
+            lambda: (
+                self.camera_pub.get_subscription_count() > 0
+                and all(s.get_publisher_count() > 0 for s in subs)
+                and node._overlay_pub.get_subscription_count() > 0
+                and node._disagreement_pub.get_subscription_count() > 0
+            ),
+            timeout=20,
+        ), 'DDS discovery between the viewer and fusion failed'
+
+    def camera(self, index, rgb):
+        header = Header(frame_id='camera')
+        header.stamp.sec, header.stamp.nanosec = 200 + index, 7
+        self.camera_pub.publish(convert.image_msg(rgb, 'rgb8', header))
+
+
+def test_overlay_and_disagreement_images_follow_the_camera_frame(ros):
+    from tsa_ros.data.labels import legend, overlay
+    from tsa_ros.fusion import DISAGREEMENT_COLORS
+
+    node = make_fusion(ros, timeout_s=5.0, overlay_alpha=0.4)
+    probe = PeopleProbe(ros, node)
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    teacher = rng.integers(0, C, (H, W), dtype=np.uint8)
+    student, adaptive = teacher.copy(), teacher.copy()
+    student[:, : W // 4] = (teacher[:, : W // 4] + 1) % C  # S alone dissents: 1
+    student[:, W // 4 : W // 2] = (teacher[:, W // 4 : W // 2] + 1) % C
+    adaptive[:, W // 4 : W // 2] = (teacher[:, W // 4 : W // 2] + 2) % C  # all differ: 2
+    adaptive[:, -4:] = teacher[:, -4:] = student[:, -4:] = 255  # nobody votes: grey
+    labels = {'teacher': teacher, 'student': student, 'adaptive': adaptive}
+
+    probe.camera(0, rgb)
+    assert ros.wait_for(lambda: len(node._frames) == 1, timeout=10), 'frame not kept'
+    probe.send(0, labels)
+    assert ros.wait_for(lambda: probe.overlay and probe.disagreement, timeout=10)
+
+    fused = fusion.majority_vote([teacher, student, adaptive])
+    for msg in (probe.overlay[0], probe.disagreement[0]):
+        assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (200, 7)
+        assert msg.header.frame_id == 'camera'
+        assert (msg.height, msg.width, msg.encoding) == (H, W, 'rgb8')
+    np.testing.assert_array_equal(
+        convert.image_to_rgb(probe.overlay[0]), overlay(rgb, colorize(fused), 0.4)
+    )
+    dis = convert.image_to_rgb(probe.disagreement[0])
+    colours = {
+        '0': dis[:, W // 2 : -4],
+        '1': dis[:, : W // 4],
+        '2': dis[:, W // 4 : W // 2],
+        'ignore': dis[:, -4:],
+    }
+    for name, region in colours.items():
+        assert (region == DISAGREEMENT_COLORS[name]).all(), f'{name} region'
+    assert len(node._frames) == 0, 'the used frame was kept'
+
+    # A frame of another size than the masks gives no overlay, and says why.
+    probe.camera(1, rgb[: H // 2])
+    assert ros.wait_for(lambda: len(node._frames) == 1, timeout=10)
+    probe.send(1, labels)
+    assert ros.wait_for(lambda: len(probe.disagreement) == 2, timeout=10)
+    assert ros.wait_for(lambda: node.health.counters['rejected.overlay_size'] == 1, timeout=5)
+    # A fused frame whose camera frame never came: counted, the other outputs still go out.
+    probe.send(2, labels)
+    assert ros.wait_for(lambda: len(probe.disagreement) == 3, timeout=10)
+    assert node.health.counters['overlay.no_frame'] == 1
+    assert len(probe.overlay) == 1
+
+    # The legend is latched: a viewer that starts now still gets it.
+    late, legends = ros.node('late_viewer'), []
+    late.create_subscription(Image, 'legend', legends.append, qos.LATCHED)
+    assert ros.wait_for(lambda: legends, timeout=10), 'legend not latched'
+    np.testing.assert_array_equal(convert.image_to_rgb(legends[0]), legend())
+
+
+def test_fusion_reads_the_camera_only_for_a_viewer_and_keeps_few_frames(ros):
+    node = make_fusion(ros, overlay_frames=3)
+    camera = ros.node('camera').create_publisher(Image, 'image', qos.SENSOR)
+    viewer = ros.node('viewer')
+    # Without a viewer of fused/overlay, no camera frame is even delivered to fusion.
+    assert ros.wait_for(lambda: viewer.count_publishers('fused/overlay') > 0, timeout=20)
+    time.sleep(0.5)
+    assert camera.get_subscription_count() == 0, 'fusion reads an unwatched camera'
+
+    rgb = np.zeros((H, W, 3), np.uint8)
+    header = Header(frame_id='camera')
+
+    def send(first, count):
+        for sec in range(first, first + count):
+            header.stamp.sec = sec
+            camera.publish(convert.image_msg(rgb, 'rgb8', header))
+            time.sleep(0.02)
+
+    sub = viewer.create_subscription(Image, 'fused/overlay', lambda m: None, qos.RESULTS)
+    assert ros.wait_for(lambda: camera.get_subscription_count() == 1, timeout=20)
+    send(0, 8)
+    assert ros.wait_for(lambda: 5 * 10**9 in node._frames and 7 * 10**9 in node._frames)
+    assert sorted(node._frames) == [s * 10**9 for s in (5, 6, 7)], 'not the newest three'
+
+    # The viewer leaves: fusion stops reading the camera and frees the frames it kept.
+    viewer.destroy_subscription(sub)
+    assert ros.wait_for(lambda: camera.get_subscription_count() == 0, timeout=20)
+    assert ros.wait_for(lambda: not node._frames, timeout=5), 'frames kept without a viewer'

@@ -175,3 +175,40 @@ def test_checkpoint_resume_continues_step_and_version(ros, tmp_path):
     later.send(20, scale=2)
     assert ros.wait_for(lambda: resumed.health.counters['pairs.submitted'] == 1, timeout=10)
     assert resumed.health.counters['rejected.size'] == 0
+
+
+def test_enable_service_pauses_training_and_drops_inputs(ros):
+    from std_srvs.srv import SetBool
+
+    node = make_learner(ros, **{'input_qos.depth': 4})
+    probe = Probe(ros)
+    client = probe.node.create_client(SetBool, 'learner/enable')
+    assert client.wait_for_service(timeout_sec=20), 'learner/enable not offered'
+
+    def call(value):
+        future = client.call_async(SetBool.Request(data=value))
+        assert ros.wait_for(future.done, timeout=60), 'learner/enable did not answer'
+        return future.result()
+
+    assert node.learner.running
+    response = call(False)
+    assert response.success and 'paused' in response.message
+    assert not node.learner.running, 'the training thread still runs'
+    step = node.learner.stats.step
+    for index in range(3):
+        probe.send(index)
+        assert ros.wait_for(
+            lambda i=index: (
+                node.health.counters['skipped.disabled'] > i
+                and node.health.counters['skipped.disabled_teacher'] > i
+            ),
+            timeout=10,
+        )
+    assert node.health.counters['frames'] == 0 and node.learner.stats.frames_received == 0
+    assert node.learner.stats.step == step
+
+    assert call(True).success and node.learner.running
+    probe.send(10)
+    assert ros.wait_for(lambda: node.health.counters['pairs.submitted'] == 1, timeout=10)
+    assert ros.wait_for(lambda: node.learner.stats.step > step, timeout=60), 'no training'
+    assert node.health.counters['skipped.disabled'] == 3

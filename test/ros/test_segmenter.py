@@ -371,3 +371,105 @@ def test_configure_refuses_a_checkpoint_that_does_not_fit_the_role(ros, tmp_path
     make_node(ros, role='teacher', checkpoint=str(wrong_arch))
     with pytest.raises(ConfigError, match='predicts 7 classes'):
         make_node(ros, role='student', checkpoint=str(wrong_classes))
+
+
+def call(ros, client, value, timeout=20.0):
+    """SetBool ``value`` on ``client``; the response."""
+    from std_srvs.srv import SetBool
+
+    assert client.wait_for_service(timeout_sec=timeout), f'{client.srv_name} not offered'
+    future = client.call_async(SetBool.Request(data=value))
+    assert ros.wait_for(future.done, timeout=timeout), f'{client.srv_name} did not answer'
+    return future.result()
+
+
+def test_enable_service_drops_and_counts_frames_while_disabled(ros):
+    from std_srvs.srv import SetBool
+
+    node = make_node(ros, seed=3)
+    probe = Probe(ros)
+    probe.connect()
+    client = probe.node.create_client(SetBool, 'segmenter/enable')
+    _, msg = frame(0)
+    probe.answer(msg)
+    frames = node.health.counters['frames']
+
+    response = call(ros, client, False)
+    assert response.success and 'disabled' in response.message
+    labels = len(probe.got['labels'])
+    for stamp in range(3):  # one by one: the camera queue holds only the newest frame
+        _, msg = frame(stamp, stamp=(2000 + stamp, 0))
+        assert probe.send(msg, lambda n=stamp: node.health.counters['skipped.disabled'] > n)
+    assert node.health.counters['frames'] == frames and len(probe.got['labels']) == labels
+    values = {kv.key: kv.value for kv in node.health.snapshot().values}
+    assert values['enabled'] == 'False'
+
+    assert call(ros, client, True).success
+    _, msg = frame(1, stamp=(3000, 0))
+    probe.answer(msg)  # segmenting again
+    assert node.health.counters['frames'] == frames + 1
+    assert node.health.counters['skipped.disabled'] == 3
+
+
+def test_input_qos_parameters_choose_the_camera_subscription(ros):
+    from rclpy.qos import QoSReliabilityPolicy
+
+    from tsa_ros.errors import ConfigError
+
+    def camera_sub(name, **params):
+        values = {'model.input_size': list(SIZE), 'warmup': False, **params}
+        overrides = [Parameter(k, value=v) for k, v in values.items()]
+        node = ros.add(SegmenterNode(name, context=ros.context, parameter_overrides=overrides))
+        (sub,) = [s for s in node.subscriptions if s.topic_name.endswith('/image')]
+        return sub.qos_profile
+
+    default = camera_sub('default')
+    assert default.reliability == QoSReliabilityPolicy.BEST_EFFORT and default.depth == 1
+    admitted = camera_sub('admitted', admission_hz=2.0)
+    assert admitted.reliability == QoSReliabilityPolicy.BEST_EFFORT
+    assert admitted.depth == qos.ADMITTED_SENSOR.depth
+    reliable = camera_sub(
+        'reliable', **{'input_qos.reliability': 'reliable', 'input_qos.depth': 4}
+    )
+    assert reliable.reliability == QoSReliabilityPolicy.RELIABLE and reliable.depth == 4
+    # A reliable reader does not match a best-effort camera, a reliable one it does.
+    probe = ros.node('qos_probe')
+    best_effort = probe.create_publisher(Image, 'image', qos.SENSOR)
+    reliable_pub = probe.create_publisher(Image, 'image', qos.RESULTS)
+    assert ros.wait_for(lambda: reliable_pub.get_subscription_count() == 3, timeout=20)
+    assert best_effort.get_subscription_count() == 2  # only the best-effort readers
+
+    with pytest.raises(ConfigError, match='reliability must be one of'):
+        camera_sub('bad', **{'input_qos.reliability': 'fast'})
+
+
+def test_enable_answers_while_a_frame_is_being_segmented(ros):
+    import threading
+    import time
+
+    from std_srvs.srv import SetBool
+
+    node = make_node(ros, seed=3)
+    probe = Probe(ros)
+    probe.connect()
+    client = probe.node.create_client(SetBool, 'segmenter/enable')
+    started, release = threading.Event(), threading.Event()
+    predict = node._predictor.predict
+
+    def slow_predict(*args, **kwargs):  # a network that takes as long as the test says
+        started.set()
+        release.wait(timeout=30)
+        return predict(*args, **kwargs)
+
+    node._predictor.predict = slow_predict
+    _, msg = frame(0)
+    probe.image_pub.publish(msg)
+    assert started.wait(timeout=20), 'the frame did not reach the network'
+    begin = time.monotonic()
+    try:
+        response = call(ros, client, False, timeout=5)
+        assert response.success and time.monotonic() - begin < 5
+        assert not release.is_set() and not probe.got['labels'], 'answered after the frame'
+    finally:
+        release.set()
+    assert ros.wait_for(lambda: probe.got['labels'], timeout=20)  # the frame in flight ends

@@ -66,3 +66,49 @@ def class_histogram(train_ids: np.ndarray, *, num_classes: int = NUM_CLASSES) ->
     """Pixel counts per trainId (length ``num_classes``; ignore pixels are not counted)."""
     flat = np.asarray(train_ids, dtype=np.uint8).ravel()
     return np.bincount(flat[flat < num_classes], minlength=num_classes).astype(np.int64)
+
+
+def legend(
+    names: tuple[str, ...] = CLASS_NAMES,
+    colors: np.ndarray = TRAIN_COLORS,
+    *,
+    row_height: int = 20,
+    width: int = 180,
+    ignore: str | None = 'ignore',
+) -> np.ndarray:
+    """RGB (H, W, 3) uint8 image of a class legend: one row per class, swatch and name.
+
+    The colours are those of :func:`colorize` (row ``i`` is trainId ``i``); ``ignore`` adds a
+    last row for the ignore label (black), None leaves it out. Any image viewer (rviz,
+    Foxglove, rqt_image_view) can show it beside the masks.
+    """
+    import cv2  # only the legend needs it; the label tables stay numpy
+
+    colors = np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+    if len(names) != len(colors):
+        raise ValueError(f'{len(names)} class names for {len(colors)} colours')
+    if row_height < 8 or width < 2 * row_height:
+        raise ValueError(f'legend rows of {row_height} px in {width} px are too small')
+    rows = list(zip(names, colors.tolist(), strict=True))
+    if ignore is not None:
+        rows.append((ignore, [0, 0, 0]))
+    image = np.full((row_height * len(rows), width, 3), 255, dtype=np.uint8)
+    pad = max(2, row_height // 8)
+    scale = (row_height - 2 * pad) / 26  # cv2's simplex font is ~26 px tall at scale 1
+    for i, (name, color) in enumerate(rows):
+        top = i * row_height
+        swatch = image[top + pad : top + row_height - pad, pad : pad + row_height - 2 * pad]
+        swatch[:] = color
+        swatch[[0, -1], :] = swatch[:, [0, -1]] = 96  # outline: black swatches stay visible
+        baseline = top + row_height - pad - max(1, round(4 * scale))
+        cv2.putText(
+            image,
+            name,
+            (row_height + pad, baseline),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
+    return image

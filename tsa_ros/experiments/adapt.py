@@ -20,6 +20,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from tsa_ros.data.cityscapes import UnlabeledDataset
 from tsa_ros.inference import Predictor, resolve_device
 from tsa_ros.learning.online import LearnerConfig, OnlineLearner
 from tsa_ros.learning.supervised import poly_lr
+from tsa_ros.learning.train import PaceProbe
 from tsa_ros.models import load_checkpoint, save_checkpoint
 
 
@@ -105,11 +107,14 @@ def adapt(
     resume: bool = False,
     device: str = 'auto',
     progress: bool = True,
+    on_pace: Callable[[int, float], None] | None = None,
 ) -> Path:
     """Adapt A from S with T's posteriors on ``root``'s unlabeled split; returns A's checkpoint.
 
     Writes ``OUT/<name>.pt`` (a tsa checkpoint of A), ``OUT/<name>.state.pt`` (resumable) and
-    ``OUT/<name>.log.jsonl`` (loss terms every checkpoint).
+    ``OUT/<name>.log.jsonl`` (loss terms every checkpoint). ``on_pace`` is called once with
+    the steps this call runs and the seconds per step of its first steps (see
+    :class:`~tsa_ros.learning.train.PaceProbe`).
     """
     cfg = cfg or AdaptConfig()
     dev = resolve_device(device)
@@ -147,6 +152,7 @@ def adapt(
     bar = tqdm(total=total, initial=start, desc=f'adapt {name}', unit='step', disable=not progress)
     t0 = time.perf_counter()
     step = start
+    pace = PaceProbe(total - start, on_pace)
     with log_path.open('a') as log:
         for images in loader:
             if step >= cfg.steps:  # fine-tuning: CE only (α = 0), lr 1e-6 with poly decay
@@ -158,6 +164,7 @@ def adapt(
             _, probs = t_predictor.infer(images, posteriors=True)  # (N, C, H, W): eq. 3 targets
             terms = learner.train_step(images, probs.clone())
             step += 1
+            pace.step()
             bar.update()
             if terms is not None:
                 bar.set_postfix(ce=f'{float(terms.ce):.3f}', fm=f'{float(terms.fm):.4f}')

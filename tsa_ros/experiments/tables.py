@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from tsa_ros.data.cityscapes import LabeledDataset
 from tsa_ros.data.labels import CLASS_NAMES, IGNORE_ID
@@ -67,6 +68,7 @@ def evaluate(
     fusion: bool = False,
     batch_size: int = 4,
     device: str | torch.device = 'cpu',
+    progress: bool = False,
 ) -> dict[str, Any]:
     """mIoU of every network (and optionally the fused outputs) on every set.
 
@@ -77,6 +79,7 @@ def evaluate(
         fusion: add the rows ``majority`` (majority vote) and ``posterior`` (mean posterior).
         batch_size: images per forward pass.
         device: torch device of the networks.
+        progress: a tqdm bar of the frames done (all sets together) and frames per second.
 
     Returns:
         ``{'rows', 'columns', 'class_names', 'sets': {name: provenance},
@@ -104,7 +107,10 @@ def evaluate(
     # The data sets are already at the networks' size: the predictors run them as they are.
     predictors = {name: Predictor(model, device=device) for name, model in models.items()}
     results: dict[str, dict[str, Any]] = {row: {} for row in rows}
+    # A frame counts once however many networks run on it: the rate is frames per second.
+    bar = tqdm(total=sum(len(ds) for ds in sets.values()), unit='frame', disable=not progress)
     for set_name, dataset in sets.items():
+        bar.set_description(f'eval {set_name}')
         cms = {row: ConfusionMatrix(num_classes, IGNORE_ID) for row in rows}
         for images, labels in _batches(dataset, batch_size):
             target = labels.numpy()
@@ -123,10 +129,12 @@ def evaluate(
                     target,
                 )
                 cms['posterior'].update(posterior_fusion_labels(post_list), target)
+            bar.update(len(images))
         # One schema with the live evaluator: each cell is a stream entry of build_report.
         report = build_report(cms, frames=len(dataset), missing={})
         for row in rows:
             results[row][set_name] = report['streams'][row]
+    bar.close()
 
     names = list(CLASS_NAMES) if num_classes == len(CLASS_NAMES) else None
     return {

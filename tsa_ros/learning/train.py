@@ -23,7 +23,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,6 +136,31 @@ def resolve(config: TrainConfig, root: str | Path) -> TrainConfig:
     if augment.crop_size is None:
         augment = dataclasses.replace(augment, crop_size=size)
     return dataclasses.replace(config, model=model, input_size=size, augment=augment)
+
+
+class PaceProbe:
+    """Measures a run's seconds per step on its first steps and reports them once.
+
+    The first step pays for warm-up (allocation, cuDNN autotuning, loader workers), so the
+    clock starts after it and stops ``timed`` steps later; ``report(steps, seconds_per_step)``
+    then gets the run's step count. Runs shorter than ``1 + timed`` steps report nothing.
+    """
+
+    def __init__(
+        self, steps: int, report: Callable[[int, float], None] | None, timed: int = 3
+    ) -> None:
+        self.steps, self.report, self.timed = steps, report, timed
+        self.done, self.started = 0, 0.0
+
+    def step(self) -> None:
+        if self.report is None:
+            return
+        self.done += 1
+        if self.done == 1:
+            self.started = time.perf_counter()
+        elif self.done == 1 + self.timed:
+            self.report(self.steps, (time.perf_counter() - self.started) / self.timed)
+            self.report = None
 
 
 # --------------------------------------------------------------------------- distributed
@@ -254,6 +279,7 @@ def train(
     device: str = 'auto',
     progress: bool = True,
     stop_after: int | None = None,
+    on_pace: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``config.role`` on the labeled ``train`` split of ``root``; files go to ``out``.
 
@@ -266,13 +292,15 @@ def train(
         progress: show a tqdm bar (rank 0 only).
         stop_after: stop (saving the state) once this step is reached, as an interruption
             would; the learning-rate schedule still spans ``config.steps``.
+        on_pace: called once (rank 0) with the steps this call runs and the seconds per step
+            measured on its first steps (see :class:`PaceProbe`), e.g. to warn of a long run.
 
     Returns:
         ``{'step', 'miou', 'loss', 'checkpoint'}`` of the last evaluation.
     """
     info, dev = _setup_distributed(device)
     try:
-        return _train(config, root, Path(out), resume, info, dev, progress, stop_after)
+        return _train(config, root, Path(out), resume, info, dev, progress, stop_after, on_pace)
     finally:
         if info.enabled and dist.is_initialized():
             dist.destroy_process_group()
@@ -287,6 +315,7 @@ def _train(
     device: torch.device,
     progress: bool,
     stop_after: int | None,
+    on_pace: Callable[[int, float], None] | None,
 ) -> dict[str, Any]:
     cfg = resolve(config, root)
     ckpt_path = out / f'{cfg.role}.pt'
@@ -356,6 +385,7 @@ def _train(
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.steps, initial=step, desc=f'train {cfg.role}', unit='step')
+    pace = PaceProbe(end - step, on_pace if info.main else None)
 
     def run_eval() -> float:
         matrix = evaluate(net, eval_loader, num_classes=cfg.model.num_classes, device=device)
@@ -400,6 +430,7 @@ def _train(
         loss_sum += supervised_step(net, optimizer, images.to(device), labels.to(device))
         loss_count += 1
         step += 1
+        pace.step()
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f'{loss_sum / loss_count:.3f}', lr=f'{lr:.2e}')

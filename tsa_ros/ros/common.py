@@ -11,6 +11,7 @@ import torch
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 from tsa_ros.admission import FrameAdmission
 from tsa_ros.data.labels import NUM_CLASSES
@@ -171,23 +172,44 @@ def run(node_factory: Callable[[], Node], args: Sequence[str] | None = None, thr
 
     A node that cannot start (bad parameter, missing file, a params file rcl cannot parse)
     exits with status 2 after one clear log line instead of a traceback.
+
+    Ctrl-C and SIGTERM end the spin with the context still valid: rclpy's own handlers shut
+    it down first, and then close() could neither publish the lifecycle's shutdown transition
+    ("Unable to start transition") nor log ("Failed to publish log message to rosout").
     """
+    import signal
+
     try:
-        init = rclpy.init(args=args if args is not None else sys.argv)
+        init = rclpy.init(
+            args=args if args is not None else sys.argv,
+            signal_handler_options=SignalHandlerOptions.NO,
+        )
     except _rclpy.RCLError as exc:  # e.g. a YAML syntax error in --params-file
         rclpy.logging.get_logger('tsa_ros').fatal(f'cannot start: {exc}')
         sys.exit(2)
+    stopping = []
+
+    def stop(signum, frame):
+        # Only the first signal stops: Ctrl-C under tsa up arrives twice (the terminal's and
+        # tsa up's), and a second KeyboardInterrupt would cut close() short.
+        if not stopping:
+            stopping.append(signum)
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     with init:
         node = None
         try:
             node = node_factory()
             executor = MultiThreadedExecutor(num_threads=threads)
             executor.add_node(node)
-            executor.spin()
+            while rclpy.ok():
+                # Short waits: the wait itself is in C, Python's signal handler runs between.
+                executor.spin_once(timeout_sec=0.2)
         except (KeyboardInterrupt, ExternalShutdownException):
             pass
         except _rclpy.RCLError:
-            # Ctrl-C shut the context down while a callback was publishing ("context is not
+            # The context was shut down while a callback was publishing ("context is not
             # valid"): a normal end. An RCLError while the context is fine is a real failure.
             if rclpy.ok():
                 raise
@@ -202,3 +224,5 @@ def run(node_factory: Callable[[], Node], args: Sequence[str] | None = None, thr
                 if close is not None:
                     close()
                 node.destroy_node()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

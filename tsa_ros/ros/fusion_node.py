@@ -16,24 +16,41 @@ fused by majority vote instead (``fusion_mode`` of the output says so, and the c
 Topics (relative; the graph runs in ``/tsa``):
 
 * sub ``<role>/segmentation`` for each role in ``roles`` (tsa_msgs/Segmentation,
-  qos.RESULTS).
+  qos.RESULTS); ``image`` (the camera, sensor_msgs/Image, best effort) only while
+  ``fused/overlay`` has a subscriber: unwatched, no camera frame reaches this process.
 * pub ``fused/labels`` (mono8 trainIds), ``fused/color`` (rgb8), ``fused/segmentation``
   (tsa_msgs/FusedSegmentation), all qos.RESULTS; header = the camera frame's.
+* pub, for people (rviz, Foxglove; computed only while somebody subscribes):
+  ``fused/overlay`` (rgb8, the fused colour mask blended over the camera frame of the same
+  stamp) and ``fused/disagreement`` (rgb8, per pixel how many of the fused networks voted
+  another label: 0 black, 1 yellow, 2 red, 3+ magenta, no fused decision grey; see
+  :data:`tsa_ros.fusion.DISAGREEMENT_COLORS`), both qos.RESULTS with the camera frame's
+  header; ``legend`` (rgb8 class legend: colour swatches and names, qos.LATCHED, published
+  once).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import Image
+from std_msgs.msg import Header
 from tsa_msgs.msg import FusedSegmentation, Segmentation
 
-from tsa_ros.data.labels import colorize
-from tsa_ros.fusion import FusionConfig, SizeMismatchError, fuse_roles
+from tsa_ros.data.labels import colorize, legend, overlay
+from tsa_ros.fusion import (
+    FusionConfig,
+    SizeMismatchError,
+    colorize_disagreement,
+    disagreement_map,
+    fuse_roles,
+)
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import run
 from tsa_ros.ros.health import Health
@@ -61,6 +78,9 @@ class FusionNodeParams:
             degraded: never published on fused/labels, and on fused/segmentation only with
             `degraded` set (below_quorum 'flag') or not at all ('drop').
         below_quorum: 'flag' or 'drop', see quorum.
+        overlay_alpha: Weight of the fused mask in fused/overlay, in [0, 1].
+        overlay_frames: Camera frames kept (only while fused/overlay has a subscriber) until
+            the fused mask of their stamp is ready; the oldest is dropped first.
     """
 
     roles: list[str] = field(default_factory=lambda: ['teacher', 'student', 'adaptive'])
@@ -68,6 +88,8 @@ class FusionNodeParams:
     timeout_s: float = 1.0
     quorum: int = 2
     below_quorum: str = 'flag'
+    overlay_alpha: float = 0.5
+    overlay_frames: int = 16
 
     def __post_init__(self) -> None:
         if not self.roles or len(set(self.roles)) != len(self.roles) or not all(self.roles):
@@ -85,6 +107,10 @@ class FusionNodeParams:
             raise ValueError(
                 f'below_quorum must be one of {BELOW_QUORUM}, got {self.below_quorum!r}'
             )
+        if not 0.0 <= self.overlay_alpha <= 1.0:
+            raise ValueError(f'overlay_alpha must be in [0, 1], got {self.overlay_alpha}')
+        if self.overlay_frames < 1:
+            raise ValueError(f'overlay_frames must be >= 1, got {self.overlay_frames}')
 
 
 class FusionNode(ManagedNode):
@@ -114,6 +140,18 @@ class FusionNode(ManagedNode):
         self._fused_pub = self.create_publisher(
             FusedSegmentation, 'fused/segmentation', qos.RESULTS
         )
+        self._overlay_pub = self.create_publisher(Image, 'fused/overlay', qos.RESULTS)
+        self._disagreement_pub = self.create_publisher(Image, 'fused/disagreement', qos.RESULTS)
+        self._legend_pub = self.create_publisher(Image, 'legend', qos.LATCHED)
+        self._legend_pub.publish(
+            convert.image_msg(legend(), 'rgb8', Header(stamp=self.get_clock().now().to_msg()))
+        )
+        # Camera frames by stamp, for fused/overlay only; bounded, empty while nobody looks.
+        self._frames: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._frames_lock = threading.Lock()
+        self._camera_sub = None  # see _follow_overlay_viewers
+        # Own group: frames are stored while results are being fused.
+        self._camera_group = MutuallyExclusiveCallbackGroup()
 
         self._lock = threading.Lock()  # the joiner is shared by subscriptions and timer
         self._joiner = StampJoiner(
@@ -134,6 +172,43 @@ class FusionNode(ManagedNode):
         )
 
     # ------------------------------------------------------------------------ inputs
+    def _follow_overlay_viewers(self) -> None:
+        """Read the camera only while fused/overlay has a subscriber.
+
+        A subscription that stayed would bring every frame into this process (transport and
+        deserialisation, megabytes per frame) for nobody; a new viewer's first overlay comes
+        a timer period (and a discovery) later.
+        """
+        watched = self._overlay_pub.get_subscription_count() > 0
+        if watched and self._camera_sub is None:
+            self._camera_sub = self.create_subscription(
+                Image,
+                'image',
+                self.on_image,
+                qos.OVERLAY_CAMERA,
+                callback_group=self._camera_group,
+            )
+        elif not watched and self._camera_sub is not None:
+            self.destroy_subscription(self._camera_sub)
+            self._camera_sub = None
+            with self._frames_lock:
+                self._frames.clear()  # the viewer left: free the frames
+
+    @when_active
+    def on_image(self, msg: Image) -> None:
+        """Keep the camera frame for fused/overlay until the fused mask of its stamp."""
+        try:
+            rgb = convert.image_to_rgb(msg)
+        except convert.MessageError as exc:
+            self.health.reject('image', str(exc))
+            return
+        with self._frames_lock:
+            if self._camera_sub is None:
+                return  # a frame in flight when the viewer left: not kept
+            self._frames[stamp_ns(msg.header)] = rgb
+            while len(self._frames) > self.params.overlay_frames:
+                self._frames.popitem(last=False)
+
     @when_active
     def on_segmentation(self, msg: Segmentation, role: str) -> None:
         if msg.role and msg.role != role:
@@ -171,6 +246,7 @@ class FusionNode(ManagedNode):
         self._publish(groups)
 
     def on_expire_timer(self) -> None:
+        self._follow_overlay_viewers()
         with self._lock:
             groups = self._joiner.expire(time.monotonic())
         self._publish(groups)
@@ -182,7 +258,7 @@ class FusionNode(ManagedNode):
             fused = self._fuse(group)
             if fused is None:
                 continue
-            msg, labels = fused
+            msg, labels, maps = fused
             self._report_missing(group.missing)
             if msg.degraded:
                 # Fewer votes than the quorum: never an unmarked "majority" of one network.
@@ -194,14 +270,44 @@ class FusionNode(ManagedNode):
                 continue
             self._labels_pub.publish(msg.labels)
             self._fused_pub.publish(msg)
-            if self._color_pub.get_subscription_count():  # for people (rviz): skip if unseen
-                self._color_pub.publish(convert.image_msg(colorize(labels), 'rgb8', msg.header))
+            self._publish_for_people(msg.header, labels, maps)
             self.health.timing('fusion', 1e3 * (time.perf_counter() - start))
             self.health.count('fused')
             self.health.count('frames.complete' if not group.missing else 'frames.partial')
 
-    def _fuse(self, group: JoinedGroup) -> tuple[FusedSegmentation, np.ndarray] | None:
-        """The FusedSegmentation of one joined frame and its fused labels, or None."""
+    def _publish_for_people(self, header: Header, labels: np.ndarray, maps: list) -> None:
+        """fused/color, fused/overlay and fused/disagreement, each only when subscribed."""
+        wants_color = self._color_pub.get_subscription_count() > 0
+        wants_overlay = self._overlay_pub.get_subscription_count() > 0
+        frame = None
+        if wants_overlay:
+            with self._frames_lock:
+                frame = self._frames.pop(stamp_ns(header), None)
+            if frame is None:
+                self.health.count('overlay.no_frame')  # lost, late or evicted camera frame
+            elif frame.shape[:2] != labels.shape:
+                self.health.reject(
+                    'overlay_size',
+                    f'camera frame {frame.shape[1]}x{frame.shape[0]}, fused mask '
+                    f'{labels.shape[1]}x{labels.shape[0]}',
+                )
+                frame = None
+        if wants_color or frame is not None:
+            color = colorize(labels)
+            if wants_color:
+                self._color_pub.publish(convert.image_msg(color, 'rgb8', header))
+            if frame is not None:
+                blend = overlay(frame, color, self.params.overlay_alpha)
+                self._overlay_pub.publish(convert.image_msg(blend, 'rgb8', header))
+        if self._disagreement_pub.get_subscription_count():
+            ignore = self.config.ignore_index
+            counts = disagreement_map(maps, labels, ignore_index=ignore)
+            image = colorize_disagreement(counts, ignore_index=ignore)
+            self._disagreement_pub.publish(convert.image_msg(image, 'rgb8', header))
+
+    def _fuse(self, group: JoinedGroup) -> tuple[FusedSegmentation, np.ndarray, list] | None:
+        """The FusedSegmentation of one joined frame, its fused labels and the networks'
+        label maps, or None."""
         labels = {role: item[1] for role, item in group.items.items()}
         probs = {role: item[2] for role, item in group.items.items()}
         try:
@@ -238,7 +344,7 @@ class FusionNode(ManagedNode):
             quorum=self.params.quorum,
             degraded=len(fused.roles) < self.params.quorum,
         )
-        return msg, result.labels
+        return msg, result.labels, [labels[r] for r in fused.roles]
 
     def _report_missing(self, missing: tuple) -> None:
         if missing:

@@ -260,7 +260,7 @@ def describe(graph: str, args: GraphArgs | None = None) -> list[NodeSpec]:
         **student_net,
     }
     nodes.append(NodeSpec('learner', 'learner', ns, learner, image))
-    nodes.append(NodeSpec('fusion', 'fusion', ns, {}))
+    nodes.append(NodeSpec('fusion', 'fusion', ns, {}, image))  # camera for fused/overlay
 
     if graph in ('replay', 'attack_injection'):
         if not args.bag:

@@ -15,16 +15,24 @@ Topics (relative; the graph runs in ``/tsa``):
   (tsa_msgs/Segmentation with posteriors, qos.RESULTS).
 * pub ``~/weights`` (tsa_msgs/ModelWeights, qos.LATCHED), ``~/status``
   (tsa_msgs/LearnerStatus, qos.RESULTS).
+* srv ``~/enable`` (std_srvs/SetBool): false pauses training (the thread stops after its
+  current step) and drops camera frames (``skipped.disabled``) and teacher results
+  (``skipped.disabled_teacher``) until true again.
+
+The camera subscription is best effort by default (parameters ``input_qos.*``).
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
+from std_srvs.srv import SetBool
 from tsa_msgs.msg import LearnerStatus, ModelWeights, Segmentation
 
 from tsa_ros.admission import FrameAdmission
@@ -75,6 +83,7 @@ class LearnerNodeParams:
             to model.input_size before training.
         admission_hz: Take only the frames the segmenters admit (tsa_ros.admission, same
             rate as theirs); the others could never meet a teacher result. 0 = every frame.
+        input_qos: QoS of the camera subscription (tsa_ros.ros.qos.InputQoS).
     """
 
     checkpoint_path: str = ''
@@ -84,6 +93,7 @@ class LearnerNodeParams:
     status_period_s: float = 1.0
     resize: bool = False
     admission_hz: float = 0.0
+    input_qos: qos.InputQoS = field(default_factory=qos.InputQoS)
 
     def __post_init__(self) -> None:
         if not self.admission_hz >= 0:
@@ -151,6 +161,9 @@ class LearnerNode(ManagedNode):
         )
         del student  # the learner holds its own copies (frozen S and trainable A)
         self._closed = False
+        self._enabled = True
+        self._enable_lock = threading.Lock()  # ~/enable against release(): one owner of the thread
+        self.health.set('enabled', True)
 
         self._weights_pub = self.create_publisher(ModelWeights, '~/weights', qos.LATCHED)
         self._status_pub = self.create_publisher(LearnerStatus, '~/status', qos.RESULTS)
@@ -166,13 +179,17 @@ class LearnerNode(ManagedNode):
         )
         self._admission = FrameAdmission(self.params.admission_hz)
         self.create_subscription(
-            Image, 'image', self.on_image, qos.camera(self.params.admission_hz)
+            Image, 'image', self.on_image, self.params.input_qos.profile(self.params.admission_hz)
         )
         self.create_subscription(
             Segmentation, 'teacher/segmentation', self.on_teacher, qos.RESULTS
         )
         self.create_timer(EXPIRE_PERIOD_S, self.on_expire_timer)
         self.create_timer(self.params.status_period_s, self.on_status_timer)
+        # Own group: pausing waits for the current training step, frames keep being counted.
+        self.create_service(
+            SetBool, '~/enable', self.on_enable, callback_group=MutuallyExclusiveCallbackGroup()
+        )
 
         # A resumed A differs from S: latch it at once so the adaptive segmenter catches up.
         if self._ckpt.version_offset >= 1:
@@ -192,6 +209,10 @@ class LearnerNode(ManagedNode):
     def on_image(self, msg: Image) -> None:
         if not admit_frame(self._admission, self.health, msg.header):
             return  # before any decoding: costs nothing
+        if not self._enabled:
+            # After admission, which must see every stamp or it would count these as lost.
+            self.health.count('skipped.disabled')
+            return
         try:
             self._pairing.add_frame(
                 stamp_ns(msg.header), convert.image_to_rgb(msg, self._max_pixels), time.monotonic()
@@ -206,6 +227,9 @@ class LearnerNode(ManagedNode):
 
     @when_active
     def on_teacher(self, msg: Segmentation) -> None:
+        if not self._enabled:
+            self.health.count('skipped.disabled_teacher')  # not a camera frame: own counter
+            return
         try:
             probs = convert.posteriors_from_msg(msg)
         except convert.MessageError as exc:
@@ -225,6 +249,34 @@ class LearnerNode(ManagedNode):
 
     def on_expire_timer(self) -> None:
         self._pairing.expire(time.monotonic())
+
+    def on_enable(self, request: SetBool.Request, response: SetBool.Response):
+        """~/enable: train (true), or pause training and drop the inputs (false)."""
+        enable = bool(request.data)
+        with self._enable_lock:
+            if self._closed:
+                response.success, response.message = False, 'learner is shutting down'
+                return response
+            try:
+                if enable:
+                    self.learner.start()  # idempotent
+                else:
+                    self._enabled = False  # drop inputs at once, before the step ends
+                    self.learner.stop(timeout=STOP_TIMEOUT_S)
+            except (TimeoutError, RuntimeError) as exc:
+                response.success, response.message = False, f'training thread: {exc}'
+                self.get_logger().error(response.message)
+                return response
+            self._enabled = enable
+        self.health.set('enabled', enable)
+        response.success = True
+        response.message = (
+            'enabled: training'
+            if enable
+            else 'disabled: training paused, inputs dropped (skipped.disabled)'
+        )
+        self.get_logger().info(response.message)
+        return response
 
     # ------------------------------------------------------------------------ snapshots
     def on_snapshot(self, snap: WeightSnapshot) -> None:
@@ -299,7 +351,8 @@ class LearnerNode(ManagedNode):
         """Stop and join the training thread, then write the final checkpoint (idempotent)."""
         if getattr(self, '_closed', True):  # closed, or configure failed before
             return
-        self._closed = True
+        with self._enable_lock:  # an ~/enable call in flight finishes first
+            self._closed = True
         stopped = False
         try:
             self.learner.stop(timeout=STOP_TIMEOUT_S)

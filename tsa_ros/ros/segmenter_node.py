@@ -8,21 +8,24 @@ and hot-swaps them between two frames, never during one.
 
 Topics (relative; the graph runs in ``/tsa`` and remaps ``image`` to the camera):
 
-* sub ``image`` (sensor_msgs/Image, qos.SENSOR); adaptive only: ``weights``
-  (tsa_msgs/ModelWeights, qos.LATCHED).
+* sub ``image`` (sensor_msgs/Image, best effort by default: parameters ``input_qos.*``);
+  adaptive only: ``weights`` (tsa_msgs/ModelWeights, qos.LATCHED).
 * pub ``~/labels`` (mono8), ``~/color`` (rgb8), ``~/overlay`` (rgb8), ``~/segmentation``
   (tsa_msgs/Segmentation), all qos.RESULTS; ``label_info`` (tsa_msgs/LabelInfo, qos.LATCHED).
+* srv ``~/enable`` (std_srvs/SetBool): false drops camera frames (counted as
+  ``skipped.disabled``) until true again.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
+from std_srvs.srv import SetBool
 from tsa_msgs.msg import LabelInfo, ModelWeights, Segmentation
 
 from tsa_ros.admission import FrameAdmission
@@ -71,6 +74,7 @@ class SegmenterParams:
         max_version_step: Adaptive only: a snapshot of the current lineage more than this
             many versions beyond the loaded one is rejected (a far-off version would make A
             refuse every genuine snapshot after it).
+        input_qos: QoS of the camera subscription (tsa_ros.ros.qos.InputQoS).
     """
 
     role: str = 'student'
@@ -85,6 +89,7 @@ class SegmenterParams:
     admission_hz: float = 0.0
     backend: str = 'auto'
     max_version_step: int = MAX_VERSION_STEP
+    input_qos: qos.InputQoS = field(default_factory=qos.InputQoS)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -139,6 +144,8 @@ class SegmenterNode(ManagedNode):
         self.health.set('arch', self._arch)
         self.health.set('model_version', 0)
         self.health.set('backend', self._predictor.backend)
+        self._enabled = True
+        self.health.set('enabled', True)
 
         if self.params.warmup:
             self._warmup()
@@ -166,8 +173,12 @@ class SegmenterNode(ManagedNode):
             Image,
             'image',
             self.on_image,
-            qos.camera(self.params.admission_hz),
+            self.params.input_qos.profile(self.params.admission_hz),
             callback_group=self._image_group,
+        )
+        # Own group: the switch answers while a frame is being segmented.
+        self.create_service(
+            SetBool, '~/enable', self.on_enable, callback_group=MutuallyExclusiveCallbackGroup()
         )
         if self.params.role == 'adaptive':
             self._key = weights_key(self)
@@ -210,6 +221,10 @@ class SegmenterNode(ManagedNode):
     def on_image(self, msg: Image) -> None:
         if not admit_frame(self._admission, self.health, msg.header):
             return  # before any decoding: costs nothing
+        if not self._enabled:
+            # After admission, which must see every stamp or it would count these as lost.
+            self.health.count('skipped.disabled')
+            return
         try:
             rgb = convert.image_to_rgb(msg, self._max_pixels)
         except convert.FrameTooLarge as exc:
@@ -260,6 +275,19 @@ class SegmenterNode(ManagedNode):
             if wants_overlay:
                 blend = overlay(rgb, color, self.params.overlay_alpha)
                 self._overlay_pub.publish(convert.image_msg(blend, 'rgb8', header))
+
+    def on_enable(self, request: SetBool.Request, response: SetBool.Response):
+        """~/enable: segment camera frames (true) or drop and count them (false)."""
+        self._enabled = bool(request.data)
+        self.health.set('enabled', self._enabled)
+        response.success = True
+        response.message = (
+            'enabled: segmenting camera frames'
+            if self._enabled
+            else 'disabled: camera frames are dropped (skipped.disabled)'
+        )
+        self.get_logger().info(response.message)
+        return response
 
     def on_weights(self, msg: ModelWeights) -> None:
         """Gate, verify and load a snapshot into a copy of the model, then swap it in atomically.

@@ -35,7 +35,13 @@ from tsa_ros.errors import ConfigError
 from tsa_ros.ros.graph import ROLES, GraphArgs, describe, load_params_file
 
 #: Counters of a segmenter that account for one camera frame each.
-SEGMENTER_ACCOUNTS = ('frames', 'skipped.admission', 'skipped.inactive', 'lost.camera')
+SEGMENTER_ACCOUNTS = (
+    'frames',
+    'skipped.admission',
+    'skipped.inactive',
+    'skipped.disabled',
+    'lost.camera',
+)
 #: Counters of the fusion node that account for one admitted frame each.
 FUSION_ACCOUNTS = ('fused', 'frames.dropped_below_quorum')
 
