@@ -273,3 +273,34 @@ def test_stream_evaluation_counts_missing_and_mismatched_streams():
     with pytest.raises(ValueError, match=r'values \[7\] are not trainIds'):
         evaluation.check_ground_truth(np.array([[7, 0]], np.uint8))
     evaluation.check_ground_truth(gt)
+
+
+def test_attacked_run_ratio_is_taken_on_the_frames_both_runs_scored():
+    """An attacked replay that scored fewer frames is compared on those frames only; the
+    whole clean run would mix frames of another difficulty into the ratio."""
+    from tsa_ros.evaluation import StreamEvaluation, dense_confusion, sparse_confusion
+
+    rng = np.random.default_rng(0)
+    gts = rng.integers(0, 3, (4, 6, 8)).astype(np.uint8)
+    clean = StreamEvaluation(['teacher'], num_classes=3)
+    for stamp, gt in enumerate(gts):
+        # Frames 0 and 1 are easy (perfect), 2 and 3 hard (half wrong).
+        pred = gt.copy() if stamp < 2 else np.where(rng.random(gt.shape) < 0.5, gt, (gt + 1) % 3)
+        clean.add(stamp, gt, {'teacher': pred.astype(np.uint8)})
+    attacked = StreamEvaluation(['teacher'], num_classes=3)
+    for stamp in (0, 1):  # the attacked run scored the easy frames only, and perfectly
+        attacked.add(stamp, gts[stamp], {'teacher': gts[stamp].copy()})
+
+    entry = attacked.report(clean=clean.report())['streams']['teacher']
+    assert entry['compared_frames'] == 2
+    assert entry['clean_miou'] == 1.0 and entry['miou_ratio'] == 1.0  # not > 1
+    # Without per-frame data (an older report) the whole runs are compared, and say so.
+    legacy = clean.report()
+    del legacy['streams']['teacher']['frame_confusion']
+    entry = attacked.report(clean=legacy)['streams']['teacher']
+    assert entry['compared_frames'] is None and entry['miou_ratio'] > 1.0
+    # The sparse per-frame matrices add up to the running one.
+    total = dense_confusion(clean.frame_confusion['teacher'], num_classes=3)
+    np.testing.assert_array_equal(total.matrix, clean.matrices['teacher'].matrix)
+    frame = clean.frame_confusion['teacher'][2]
+    assert sparse_confusion(dense_confusion([frame], num_classes=3)) == frame

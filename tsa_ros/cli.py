@@ -205,7 +205,7 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
 
     p = data_sub.add_parser('synth', help='generate the synthetic driving world')
     p.add_argument('--out', required=True, help='output root (Cityscapes layout)')
-    p.add_argument('--preset', default='tiny', choices=['tiny', 'default', 'paper'])
+    p.add_argument('--preset', default='tiny', choices=['tiny', 'demo', 'default', 'paper'])
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--workers', type=int, default=None, help='processes (default: all cores)')
     p.add_argument('--overwrite', action='store_true', help='write into a non-empty folder')
@@ -401,7 +401,8 @@ def default_steps(job: str, data: str | Path) -> tuple[int, str]:
         from tsa_ros.ros.demo import DemoArgs  # no rclpy at import: only the defaults
 
         demo = DemoArgs()
-        return (demo.adapt_steps if job == 'adapt' else demo.steps), f'{where}, as tsa demo'
+        steps = {'teacher': demo.teacher_steps, 'student': demo.student_steps}
+        return steps.get(job, demo.adapt_steps), f'{where}, as tsa demo'
     return paper, f"the paper's number ({where} has no step counts)"
 
 

@@ -248,6 +248,7 @@ def timeline_png(run: DemoRun) -> bytes:
         axes[3].plot(ct, [c['lost'] for c in run.counters], label='lost in a queue (T+S+A)')
         axes[3].plot(ct, [c['degraded'] for c in run.counters], label='fused degraded')
         axes[3].legend(fontsize=8, loc='upper left')
+    axes[3].set_ylim(bottom=0, top=max(1, axes[3].get_ylim()[1]))  # counts: none below 0
     axes[3].set_ylabel('frames\n(cumulative)')
     axes[3].set_xlabel('seconds since the first phase began')
     fig.tight_layout()

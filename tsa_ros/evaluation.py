@@ -18,8 +18,11 @@ compare`` reads both. A report is a plain, JSON-serialisable dict built from one
           "pixels": 123456,               # evaluated (non-ignored) pixels
           "missing": 2,                   # frames without this stream's labels
           "confusion": {...},             # ConfusionMatrix.to_dict()
+          "stamps": [...],                # live evaluator: frames scored (header stamps, ns)
+          "frame_confusion": [...],       # ... and each frame's confusion, sparse
           "clean_miou": 0.80,             # only with a clean report:
-          "miou_ratio": 0.89              # mIoU(adversarial) / mIoU(clean), Arnab et al.
+          "miou_ratio": 0.89,             # mIoU(adversarial) / mIoU(clean), Arnab et al.
+          "compared_frames": 38,          # frames scored in both runs (null: whole runs)
         }, ...
       },
       "clean": true                       # whether the ratios above were computed
@@ -44,9 +47,11 @@ from tsa_ros.metrics import ConfusionMatrix, format_number, miou_ratio, percent
 __all__ = [
     'StreamEvaluation',
     'build_report',
+    'dense_confusion',
     'load_report',
     'report_markdown',
     'report_paths',
+    'sparse_confusion',
     'write_report',
 ]
 
@@ -70,12 +75,60 @@ def _clean_miou(clean: Mapping[str, Any], stream: str) -> float:
     return float(entry['miou'])
 
 
+def sparse_confusion(cm: ConfusionMatrix) -> list[list[int]]:
+    """One frame's confusion as ``[flat indices, counts]`` of its non-zero cells over the
+    ``C x (C + 1)`` matrix whose last column is ``missed`` (a frame touches few cells)."""
+    full = np.concatenate([cm.matrix, cm.missed[:, None]], axis=1)
+    index = np.flatnonzero(full)
+    return [index.tolist(), full.ravel()[index].tolist()]
+
+
+def dense_confusion(
+    frames: Sequence[Sequence[Sequence[int]]],
+    num_classes: int = NUM_CLASSES,
+    ignore_index: int = IGNORE_ID,
+) -> ConfusionMatrix:
+    """The sum of :func:`sparse_confusion` frames as one ConfusionMatrix."""
+    full = np.zeros(num_classes * (num_classes + 1), np.int64)
+    for index, counts in frames:
+        np.add.at(full, np.asarray(index, np.int64), np.asarray(counts, np.int64))
+    full = full.reshape(num_classes, num_classes + 1)
+    cm = ConfusionMatrix(num_classes, ignore_index)
+    cm.matrix[...] = full[:, :-1]
+    cm.missed[...] = full[:, -1]
+    return cm
+
+
+def _by_stamp(entry: Mapping[str, Any]) -> dict[int, Any] | None:
+    stamps, frames = entry.get('stamps'), entry.get('frame_confusion')
+    if stamps is None or frames is None or len(stamps) != len(frames):
+        return None
+    return dict(zip((int(t) for t in stamps), frames, strict=True))
+
+
+def _same_frames(
+    entry: Mapping[str, Any], clean_entry: Mapping[str, Any], num_classes: int
+) -> tuple[float, float, int] | None:
+    """(mIoU here, clean mIoU, frames) over the frames both runs scored, by stamp; None when a
+    report has no per-frame confusion (then the whole runs are compared)."""
+    here, there = _by_stamp(entry), _by_stamp(clean_entry)
+    if here is None or there is None:
+        return None
+    common = sorted(here.keys() & there.keys())
+    if not common:
+        return math.nan, math.nan, 0
+    adv = dense_confusion([here[t] for t in common], num_classes)
+    ref = dense_confusion([there[t] for t in common], num_classes)
+    return adv.miou(), ref.miou(), len(common)
+
+
 def build_report(
     matrices: Mapping[str, ConfusionMatrix],
     frames: int,
     missing: Mapping[str, int],
     clean: Mapping[str, Any] | None = None,
     stamps: Mapping[str, list[int]] | None = None,
+    frame_confusion: Mapping[str, list] | None = None,
 ) -> dict[str, Any]:
     """The report of one run from its per-stream confusion matrices.
 
@@ -87,9 +140,14 @@ def build_report(
         clean: A report of the same streams on clean (unattacked) input, as this function
             returns it or :func:`load_report` reads it; adds ``clean_miou`` and
             ``miou_ratio`` per stream (``None`` where either mIoU is undefined or the clean
-            mIoU is 0).
+            mIoU is 0). When both reports carry per-frame confusion, both mIoUs are taken
+            over the frames both runs scored (``compared_frames``): an attacked replay
+            scores fewer frames than the clean one, and other frames would make another
+            ratio; otherwise over the whole runs (``compared_frames`` null).
         stamps: Stream name -> header stamps (ns) of the frames it was scored on; adds a
             ``stamps`` list per stream, so an offline evaluation can use the same frames.
+        frame_confusion: Stream name -> :func:`sparse_confusion` per frame, aligned with
+            ``stamps``.
 
     Returns:
         A JSON-serialisable dict (see the module docstring).
@@ -112,10 +170,18 @@ def build_report(
         }
         if stamps is not None:  # which frames (header stamps, ns) the stream was scored on
             entry['stamps'] = [int(t) for t in stamps.get(stream, [])]
+            if frame_confusion is not None:
+                entry['frame_confusion'] = list(frame_confusion.get(stream, []))
         if clean is not None:
-            clean_value = _clean_miou(clean, stream)
+            clean_entry = clean.get('streams', {}).get(stream) or {}
+            same = _same_frames(entry, clean_entry, cm.num_classes)
+            if same is None:
+                here, clean_value, compared = cm.miou(), _clean_miou(clean, stream), None
+            else:
+                here, clean_value, compared = same
             entry['clean_miou'] = _number(clean_value)
-            entry['miou_ratio'] = _number(miou_ratio(cm.miou(), clean_value))
+            entry['miou_ratio'] = _number(miou_ratio(here, clean_value))
+            entry['compared_frames'] = compared
         streams[stream] = entry
     return {
         'frames': int(frames),
@@ -147,6 +213,7 @@ class StreamEvaluation:
         self.matrices = {s: ConfusionMatrix(num_classes, ignore_index) for s in self.streams}
         self.missing = dict.fromkeys(self.streams, 0)
         self.stamps: dict[str, list[int]] = {s: [] for s in self.streams}
+        self.frame_confusion: dict[str, list] = {s: [] for s in self.streams}
         self.frames = 0
 
     def check_ground_truth(self, gt: np.ndarray) -> None:
@@ -179,8 +246,10 @@ class StreamEvaluation:
                     )
                 )
             else:
-                self.matrices[stream].update(pred, gt)
+                frame = ConfusionMatrix(self.num_classes, self.ignore_index).update(pred, gt)
+                self.matrices[stream] += frame
                 self.stamps[stream].append(stamp)
+                self.frame_confusion[stream].append(sparse_confusion(frame))
                 continue
             self.missing[stream] += 1
         return problems
@@ -191,15 +260,18 @@ class StreamEvaluation:
 
     def report(self, clean: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """:func:`build_report` of everything scored so far."""
-        return build_report(self.matrices, self.frames, self.missing, clean, stamps=self.stamps)
+        return build_report(
+            self.matrices,
+            self.frames,
+            self.missing,
+            clean,
+            stamps=self.stamps,
+            frame_confusion=self.frame_confusion,
+        )
 
 
 def _pct(value: float | None) -> str:
     return format_number(percent(value), 2)
-
-
-def _ratio(value: float | None) -> str:
-    return '—' if value is None else f'{value:.3f}'
 
 
 def report_markdown(report: Mapping[str, Any]) -> str:
@@ -210,14 +282,19 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     lines = [f'# Evaluation ({report["frames"]} ground-truth frames)', '']
     header = ['stream', 'mIoU [%]']
     if with_clean:
-        header += ['clean mIoU [%]', 'mIoU ratio']
+        header += ['clean mIoU [%]', 'mIoU ratio [%]', 'frames compared']
     header += ['pixel acc. [%]', 'pixels', 'missing frames']
     lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for stream in names:
         entry = streams[stream]
         row = [stream, _pct(entry['miou'])]
         if with_clean:
-            row += [_pct(entry.get('clean_miou')), _ratio(entry.get('miou_ratio'))]
+            compared = entry.get('compared_frames')
+            row += [
+                _pct(entry.get('clean_miou')),
+                _pct(entry.get('miou_ratio')),
+                'all' if compared is None else str(compared),
+            ]
         row += [_pct(entry['pixel_accuracy']), str(entry['pixels']), str(entry['missing'])]
         lines.append('| ' + ' | '.join(row) + ' |')
     if names:

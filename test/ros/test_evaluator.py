@@ -71,7 +71,7 @@ def test_build_report_numbers_ratios_and_markdown(tmp_path):
     markdown = md_path.read_text()
     assert report_markdown(report) == markdown
     assert f'| teacher | {100 * bad.miou():.2f} | {100 * good.miou():.2f} |' in markdown
-    assert f'{bad.miou() / good.miou():.3f}' in markdown
+    assert f'{100 * bad.miou() / good.miou():.2f} | all |' in markdown  # %, whole runs
     assert '| road |' in markdown and 'mIoU ratio' in markdown
     with pytest.raises(FileNotFoundError, match='nowhere'):
         load_report(tmp_path / 'nowhere.json')
@@ -212,7 +212,7 @@ def test_report_on_demand_and_on_close_with_clean_ratios(ros, tmp_path):
     assert entry['miou'] == adv and entry['clean_miou'] == clean_cm.miou()
     assert entry['miou_ratio'] == miou_ratio(adv, clean_cm.miou())
     assert entry['miou_ratio'] < 1.0
-    assert f'{miou_ratio(adv, clean_cm.miou()):.3f}' in (tmp_path / 'adv.md').read_text()
+    assert f'{100 * miou_ratio(adv, clean_cm.miou()):.2f}' in (tmp_path / 'adv.md').read_text()
 
 
 def test_bag_replay_exact_stream_scores_one(ros, tmp_path):
@@ -293,3 +293,29 @@ def test_bag_replay_exact_stream_scores_one(ros, tmp_path):
         lambda: node.health.counters['frames_without_ground_truth'] == 3, timeout=20
     )
     assert node.evaluation.frames == len(labelled)
+
+
+def test_a_run_that_scored_no_frame_fails(ros, tmp_path):
+    """An evaluator that scored nothing writes its (empty) report, says why in one line and
+    exits 1, so `tsa up replay --report ...` cannot end with status 0 and an empty report."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    report = tmp_path / 'empty.json'
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'tsa_ros.ros.evaluator_node', '--ros-args']
+        + ['-p', f'report_path:={report}'],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    probe = ros.node('probe')
+    assert ros.wait_for(lambda: 'evaluator' in probe.get_node_names(), timeout=60), proc.poll()
+    time.sleep(1.0)  # configured and active (autostart), with nothing to score
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1, out
+    assert 'scored no frame' in out and 'Traceback' not in out
+    assert load_report(report)['frames'] == 0

@@ -59,7 +59,9 @@ def test_graphs_have_the_expected_nodes_and_wiring():
         ('image_out', '/camera/image_raw'),
     )
     # White box: the attacker gets the attacked role's model config and seed.
-    student = yaml.safe_load(PARAMS.read_text())['/**/student']['ros__parameters']
+    params = Path(args.params_file)  # device cpu: config/cpu.yaml
+    assert params.name == 'cpu.yaml'
+    student = yaml.safe_load(params.read_text())['/**/student']['ros__parameters']
     assert specs['attacker'].parameters['model.arch'] == student['model']['arch']
     assert specs['attacker'].parameters['seed'] == student['seed']
     assert specs['attacker'].parameters['attack.epsilon'] == 10
@@ -103,7 +105,21 @@ def test_tsa_up_dry_run_prints_the_same_description(tmp_path):
     for entry, spec in zip(printed, expected, strict=True):
         assert entry['parameters'] == json.loads(json.dumps(spec.parameters))
         assert [tuple(r) for r in entry['remappings']] == list(spec.remappings)
-        assert entry['command'][1:] == node_command(spec, str(PARAMS))[1:]
+        assert entry['command'][1:] == node_command(spec, args.params_file)[1:]
+
+
+def test_the_default_params_file_follows_the_device():
+    import torch
+
+    assert Path(GraphArgs(device='cpu').params_file) == REPO / 'config' / 'cpu.yaml'
+    assert Path(GraphArgs(device='cuda:0').params_file) == PARAMS
+    auto = 'tsa.yaml' if torch.cuda.is_available() else 'cpu.yaml'
+    assert Path(GraphArgs(device='auto').params_file).name == auto
+    assert GraphArgs(device='cpu', config='/x/my.yaml').params_file == '/x/my.yaml'
+    # The CPU config keeps up on 2 cores: small networks, T lighter than the paper's.
+    cpu = yaml.safe_load((REPO / 'config' / 'cpu.yaml').read_text())
+    teacher = cpu['/**/teacher']['ros__parameters']['model']
+    assert teacher['backbone'] == 'resnet18' and teacher['input_size'] == [128, 256]
 
 
 def test_launch_arguments_cover_graph_args():

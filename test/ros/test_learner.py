@@ -212,3 +212,24 @@ def test_enable_service_pauses_training_and_drops_inputs(ros):
     assert ros.wait_for(lambda: node.health.counters['pairs.submitted'] == 1, timeout=10)
     assert ros.wait_for(lambda: node.learner.stats.step > step, timeout=60), 'no training'
     assert node.health.counters['skipped.disabled'] == 3
+
+
+def test_the_learner_trains_on_from_the_adapted_a_the_graph_starts_with(ros, tmp_path):
+    """With adaptive_checkpoint (e.g. `tsa adapt`'s output) A starts adapted; the learner
+    must start from the same A, or its first snapshot (S plus a few steps) replaces it."""
+    from tsa_ros.errors import ConfigError
+    from tsa_ros.models import save_checkpoint
+
+    torch.manual_seed(5)  # other weights than S (seed 0)
+    adapted = build_model(CONFIG)
+    path = save_checkpoint(tmp_path / 'adaptive.pt', adapted)
+    node = make_learner(ros, initial_checkpoint=str(path))
+    start = node.learner.latest_snapshot().state_dict
+    for name, tensor in adapted.state_dict().items():
+        assert torch.equal(start[name], tensor), name
+    node.close()
+
+    deeplab = ModelConfig(arch='deeplabv3plus', backbone='resnet18', input_size=(H, W))
+    other = save_checkpoint(tmp_path / 'other.pt', build_model(deeplab))
+    with pytest.raises(ConfigError, match='initial_checkpoint'):
+        make_learner(ros, initial_checkpoint=str(other))

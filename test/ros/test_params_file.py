@@ -46,7 +46,9 @@ def node_classes():
     }
 
 
-@pytest.mark.parametrize('params_file', ['config/tsa.yaml', 'test/ros/tiny.yaml'])
+@pytest.mark.parametrize(
+    'params_file', ['config/tsa.yaml', 'config/cpu.yaml', 'test/ros/tiny.yaml']
+)
 def test_every_key_is_a_declared_parameter(ros, tmp_path, params_file):
     path = REPO / params_file
     sections = yaml.safe_load(path.read_text())
@@ -178,5 +180,5 @@ def test_the_shipped_configs_pass_the_preflight(tmp_path):
     from tsa_ros.ros.graph import GraphArgs
     from tsa_ros.ros.up import up
 
-    for config in ('config/tsa.yaml', 'test/ros/tiny.yaml'):
+    for config in ('config/tsa.yaml', 'config/cpu.yaml', 'test/ros/tiny.yaml'):
         assert up('tsa', GraphArgs(config=str(REPO / config)), dry_run=True) == 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -209,7 +210,9 @@ def generate(
     if workers == 1:
         results = map(_render_sample, tasks)
     else:
-        pool = ProcessPoolExecutor(workers)
+        # spawn, not fork: a caller that has started threads (rclpy, DDS, torch) must not be
+        # forked (a forked child segfaulted in the test suite after the ROS tests).
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('spawn'))
         results = pool.map(_render_sample, tasks, chunksize=4)
     try:
         for result in results:

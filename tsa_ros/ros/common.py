@@ -226,3 +226,7 @@ def run(node_factory: Callable[[], Node], args: Sequence[str] | None = None, thr
                 node.destroy_node()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+    # A node that ran but failed at its task (an evaluator that scored nothing) says so.
+    status = getattr(node, 'exit_status', 0)
+    if status:
+        sys.exit(status)

@@ -57,7 +57,11 @@ class DemoArgs:
             runs/demo-quick with --quick); reused while their settings are unchanged.
         device: Device of every network: cpu, cuda or auto.
         frames: Camera frames per phase (0 = 24, 2 with --quick).
-        steps: Training steps of T and of S (0 = 400, 10 with --quick).
+        rate: Camera frames per second at most (the next frame also waits for the fused
+            mask of the previous one); 0 = as fast as the graph answers.
+        teacher_steps: Training steps of T (0 = 400, 10 with --quick).
+        student_steps: Training steps of S (0 = 1000, 10 with --quick; an ERFNet step costs
+            about half a DeepLabV3+ ResNet-18 step here).
         adapt_steps: Offline adaptation steps of A before the graph starts (0 = 150, 4 with
             --quick).
         record: Record the graph's topics to OUT/recording (tsa record: a rosbag2 of one MCAP).
@@ -69,7 +73,9 @@ class DemoArgs:
     runs: str = ''
     device: str = 'cpu'
     frames: int = 0
-    steps: int = 0
+    rate: float = 2.0
+    teacher_steps: int = 0
+    student_steps: int = 0
     adapt_steps: int = 0
     record: bool = True
 
@@ -78,11 +84,14 @@ class DemoArgs:
         self.data = self.data or f'data/demo{suffix}'
         self.runs = self.runs or f'runs/demo{suffix}'
         self.frames = self.frames or (2 if self.quick else 24)
-        self.steps = self.steps or (10 if self.quick else 400)
+        self.teacher_steps = self.teacher_steps or (10 if self.quick else 400)
+        self.student_steps = self.student_steps or (10 if self.quick else 1000)
         self.adapt_steps = self.adapt_steps or (4 if self.quick else 150)
-        for name in ('frames', 'steps', 'adapt_steps'):
+        for name in ('frames', 'teacher_steps', 'student_steps', 'adapt_steps'):
             if getattr(self, name) < 1:
                 raise ConfigError(f'--{name.replace("_", "-")} must be >= 1')
+        if not self.rate >= 0:
+            raise ConfigError('--rate must be >= 0 (0 = as fast as the graph answers)')
 
 
 def log(message: str) -> None:
@@ -117,7 +126,7 @@ def _train_config(args: DemoArgs, role: str):
     return TrainConfig(
         role=role,
         model=model,
-        steps=args.steps,
+        steps=args.teacher_steps if role == 'teacher' else args.student_steps,
         batch_size=2 if args.quick else 6,
         lr=5e-4,
         eval_every=0,
@@ -298,7 +307,7 @@ def graph_params(networks: dict, quick: bool) -> dict:
             checkpoint_path='',  # every demo run starts from the cached offline A
             checkpoint_every_s=3600.0,
             learner={
-                'lr': 1e-4,
+                'lr': 1e-5,  # the paper's online rate; 1e-4 made A diverge within 50 steps
                 'batch_size': 1 if quick else 2,
                 'queue_size': 8,
                 'snapshot_every': 2 if quick else 10,
@@ -463,18 +472,20 @@ def run_graph(
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
-    stamp = time.time_ns()
-    period = 10**9 // 10  # stamps 0.1 s apart: admission off, every frame is new
+    stamp = 0
 
     def play(rgb: np.ndarray, timeout: float) -> tuple[int, float, bool]:
         nonlocal stamp
-        stamp += period
+        stamp = max(stamp + 10**6, time.time_ns())  # the camera's clock, strictly increasing
         sent = camera.publish(rgb, stamp)
         deadline = sent + timeout
         while time.monotonic() < deadline and not camera.answered(stamp):
             time.sleep(0.01)
             supervisor.poll(time.monotonic())
-        return stamp, sent, camera.answered(stamp)
+        answered = camera.answered(stamp)
+        if args.rate > 0:  # a camera of this rate: the learner trains meanwhile
+            time.sleep(max(0.0, sent + 1.0 / args.rate - time.monotonic()))
+        return stamp, sent, answered
 
     try:
         # Warm-up: until a frame is fused with three votes (every node loaded and active).
@@ -573,8 +584,9 @@ def demo(args: DemoArgs) -> Path:
     run.notes += [
         'The demo is the camera: it sends the next frame when the fused mask of the previous '
         'one has arrived, so no frame queues (a real camera would be throttled by admission).',
-        'A keeps learning online during every phase, from whatever the camera shows: in the '
-        'attack phases that includes the adversarial frames (as on a vehicle under attack).',
+        'A keeps learning online during every phase, from whatever the camera shows and T '
+        'answers: in the attack phases that includes the adversarial frames, and under T-AE '
+        "T's wrong posteriors are A's targets (as on a vehicle under attack).",
         f'Networks see {size[1]}x{size[0]}; T and S are trained for minutes on a CPU, so their '
         'absolute mIoU is low: read the ratios between phases.',
     ]

@@ -221,6 +221,16 @@ class EvaluatorNode(ManagedNode):
             self._handle(self._joiner.expire(math.inf), publish=self.context.ok())
         if self.params.report_path:
             self.write_report()
+            if self.evaluation.frames == 0:
+                # An empty report is not a result: say so, and make the run fail (tsa up and
+                # ros2 launch see the exit status), instead of exit 0 with nothing scored.
+                self.get_logger().error(
+                    'scored no frame: no ground truth met the streams '
+                    f'{list(self.streams)} (is /camera/ground_truth recorded in the bag, and '
+                    'do the networks keep up with the replay? lower --rate or set '
+                    '--admission-hz)'
+                )
+                self.exit_status = 1
 
 
 def main(args=None) -> None:

@@ -30,17 +30,29 @@ GRAPHS = ('tsa', 'replay', 'attack_injection')
 ROLES = ('teacher', 'student', 'adaptive')
 
 
-def default_config() -> str:
-    """config/tsa.yaml of the installed package (share/), else of this source tree."""
+def cpu_only(device: str) -> bool:
+    """Whether ``device`` means the CPU: 'cpu', or 'auto' on a machine without CUDA."""
+    if device == 'auto':
+        import torch  # only for 'auto': the description stays light otherwise
+
+        return not torch.cuda.is_available()
+    return device == 'cpu'
+
+
+def default_config(device: str = 'cuda') -> str:
+    """The package's params file for ``device``: config/cpu.yaml (networks that keep up on a
+    2-core CPU) when it means the CPU, else config/tsa.yaml (the paper's networks, for a GPU);
+    of the installed package (share/), else of this source tree."""
+    name = 'cpu.yaml' if cpu_only(device) else 'tsa.yaml'
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        shared = Path(get_package_share_directory('tsa_ros')) / 'config' / 'tsa.yaml'
+        shared = Path(get_package_share_directory('tsa_ros')) / 'config' / name
         if shared.is_file():
             return str(shared)
     except Exception:  # not installed as an ament package: use the source tree
         pass
-    return str(Path(__file__).resolve().parents[2] / 'config' / 'tsa.yaml')
+    return str(Path(__file__).resolve().parents[2] / 'config' / name)
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,8 @@ class GraphArgs:
     """The arguments of every graph, with the same names in launch files and ``tsa up``.
 
     Attributes:
-        config: Params file (ros__parameters form) for all nodes; '' = the package's tsa.yaml.
+        config: Params file (ros__parameters form) for all nodes; '' = the package's
+            cpu.yaml when device is cpu (or auto without CUDA), else its tsa.yaml.
         device: Device of every network: cpu, cuda, cuda:N or auto.
         namespace: Namespace of the graph's nodes and topics.
         image_topic: Camera topic the segmenters and the learner consume.
@@ -129,7 +142,7 @@ class GraphArgs:
 
     @property
     def params_file(self) -> str:
-        return self.config or default_config()
+        return self.config or default_config(self.device)
 
 
 def launch_arguments(graph: str) -> list[LaunchArgument]:
@@ -256,6 +269,8 @@ def describe(graph: str, args: GraphArgs | None = None) -> list[NodeSpec]:
     learner = {
         'device': args.device,
         'checkpoint': args.student_checkpoint,
+        # The A the adaptive segmenter starts from: the learner trains on from it.
+        'initial_checkpoint': args.adaptive_checkpoint,
         'admission_hz': args.admission_hz,
         **student_net,
     }

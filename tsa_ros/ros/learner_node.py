@@ -36,10 +36,11 @@ from std_srvs.srv import SetBool
 from tsa_msgs.msg import LearnerStatus, ModelWeights, Segmentation
 
 from tsa_ros.admission import FrameAdmission
+from tsa_ros.errors import ConfigError
 from tsa_ros.learning.adaptive_checkpoint import AdaptiveCheckpoint, SavedState, checkpoint_file
 from tsa_ros.learning.online import LearnerConfig, OnlineLearner, WeightSnapshot
 from tsa_ros.learning.pairing import TeacherPairing
-from tsa_ros.models.checkpoint import weights_sha256
+from tsa_ros.models.checkpoint import load_checkpoint, weights_sha256
 from tsa_ros.ros import convert, qos
 from tsa_ros.ros.common import (
     admit_frame,
@@ -72,6 +73,10 @@ class LearnerNodeParams:
             restart; 'auto' = one file per S in the user's state directory
             (~/.local/state/tsa_ros/adaptive-<S's weights sha256>.pt); empty = no
             checkpoint, every start begins again from S in a new lineage.
+        initial_checkpoint: tsa checkpoint A starts from when there is no checkpoint to
+            resume (e.g. what `tsa adapt` wrote; the graph passes adaptive_checkpoint, the
+            file the adaptive segmenter starts from); it must hold S's architecture. Empty =
+            A starts as S.
         checkpoint_every_s: Write the checkpoint at the first snapshot this many seconds
             after the last write (0 = at every snapshot), and always on shutdown.
         join_timeout_s: Seconds a camera frame waits for the teacher's result of the same
@@ -87,6 +92,7 @@ class LearnerNodeParams:
     """
 
     checkpoint_path: str = ''
+    initial_checkpoint: str = ''
     checkpoint_every_s: float = 60.0
     join_timeout_s: float = 2.0
     max_pending: int = 16
@@ -153,10 +159,11 @@ class LearnerNode(ManagedNode):
             )
         self.health.set('weights_lineage', self._ckpt.lineage)
         self.health.set('weights_signing', 'unsigned' if self._key is None else 'hmac-sha256')
+        initial = saved.state_dict if saved is not None else self._initial_adaptive()
         self.learner = OnlineLearner(
             student,
             self.config,
-            adaptive_state=None if saved is None else saved.state_dict,
+            adaptive_state=initial,
             start_step=0 if saved is None else saved.step,
         )
         del student  # the learner holds its own copies (frozen S and trainable A)
@@ -347,6 +354,24 @@ class LearnerNode(ManagedNode):
             )
 
     # ------------------------------------------------------------------------ lifecycle
+    def _initial_adaptive(self) -> dict | None:
+        """A's weights from ``initial_checkpoint`` (None: A starts as S).
+
+        Without it, a graph whose adaptive segmenter starts from an adapted A would have its
+        A replaced by the learner's first snapshot of S plus a few steps.
+        """
+        path = self.params.initial_checkpoint
+        if not path:
+            return None
+        model, _ = load_checkpoint(path, map_location='cpu')
+        if arch_id(model.config) != self._arch:
+            raise ConfigError(
+                f'initial_checkpoint {path} holds {arch_id(model.config)}, but A is '
+                f"{self._arch} (the student's architecture)"
+            )
+        self.get_logger().info(f'A starts from {path}')
+        return model.state_dict()
+
     def release(self) -> None:
         """Stop and join the training thread, then write the final checkpoint (idempotent)."""
         if getattr(self, '_closed', True):  # closed, or configure failed before

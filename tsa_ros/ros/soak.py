@@ -55,7 +55,7 @@ class SoakArgs:
         rate: Camera rate in frames per second.
         admission_hz: Frames per second the triplet segments (tsa up --admission-hz);
             0 = every frame.
-        config: Params file of the graph ('' = the package's tsa.yaml).
+        config: Params file of the graph ('' = the package's, by device: cpu.yaml or tsa.yaml).
         device: Device of every network.
         out: Directory for soak.csv, soak.png, summary.json and the nodes' logs.
         sample_s: Seconds between two samples.
