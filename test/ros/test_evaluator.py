@@ -306,13 +306,16 @@ def test_a_run_that_scored_no_frame_fails(ros, tmp_path):
     report = tmp_path / 'empty.json'
     proc = subprocess.Popen(
         [sys.executable, '-m', 'tsa_ros.ros.evaluator_node', '--ros-args']
-        + ['-p', f'report_path:={report}'],
+        + ['-r', '__node:=evaluator_no_frame', '-p', f'report_path:={report}'],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     probe = ros.node('probe')
-    assert ros.wait_for(lambda: 'evaluator' in probe.get_node_names(), timeout=60), proc.poll()
+    # A name of its own: an 'evaluator' of an earlier test may linger in DDS discovery.
+    assert ros.wait_for(lambda: 'evaluator_no_frame' in probe.get_node_names(), timeout=60), (
+        proc.poll()
+    )
     time.sleep(1.0)  # configured and active (autostart), with nothing to score
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
