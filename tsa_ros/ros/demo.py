@@ -50,7 +50,7 @@ class DemoArgs:
 
     Attributes:
         quick: Tiny world, tiny networks, a few training steps and frames: the mechanics in
-            about a minute (the numbers mean nothing).
+            about two minutes (the numbers mean nothing).
         out: Directory of the report (index.html, report.json, PNGs, recording/, logs/).
         data: Data root ('' = data/demo, data/demo-quick with --quick); generated when missing.
         runs: Directory of the trained networks and cached attacks ('' = runs/demo,
@@ -611,7 +611,10 @@ def add_arguments(parser) -> None:
         flag = '--' + name.replace('_', '-')
         if name == 'record':
             parser.add_argument(
-                '--no-record', dest='record', action='store_false', help=help_text + ' (on)'
+                '--no-record',
+                dest='record',
+                action='store_false',
+                help='do not record; by default: ' + help_text[0].lower() + help_text[1:],
             )
         elif isinstance(default, bool):
             parser.add_argument(flag, dest=name, action='store_true', help=help_text)
