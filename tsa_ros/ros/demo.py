@@ -430,9 +430,9 @@ def run_graph(
     truth: np.ndarray,
 ) -> None:
     """Bring the graph up, play every phase, fill ``run``; the graph is stopped after."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+    from contextlib import ExitStack
 
+    from tsa_ros.ros.background import background_node
     from tsa_ros.ros.graph import GraphArgs, describe
     from tsa_ros.ros.preflight import check_graph
     from tsa_ros.ros.up import Supervisor, node_command, stop_all
@@ -464,14 +464,9 @@ def run_graph(
         )
     log(f'graph: starting {", ".join(commands)} (logs in {logs})')
     supervisor = Supervisor(specs, commands, logs)
-    context = rclpy.Context()
-    rclpy.init(context=context, args=[])
-    node = rclpy.create_node('tsa_demo', context=context)
+    spun = ExitStack()
+    node = spun.enter_context(background_node('tsa_demo'))
     camera = Camera(node)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
     stamp = 0
 
     def play(rgb: np.ndarray, timeout: float) -> tuple[int, float, bool]:
@@ -523,9 +518,7 @@ def run_graph(
                 recorder.wait(15)
             except subprocess.TimeoutExpired:
                 recorder.kill()
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+        spun.close()
     if any(supervisor.restarts.values()):
         run.notes.append(f'nodes restarted during the demo: {supervisor.restarts}')
 

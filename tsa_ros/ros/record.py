@@ -402,34 +402,15 @@ def run_node(
     Spins until ``duration_s`` passes (0 = no limit) or ``stop`` is set, then returns what
     the object's ``stop()`` returns. ``started(obj)`` is called once it runs.
     """
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-    from rclpy.node import Node
-    from rclpy.signals import SignalHandlerOptions
+    from tsa_ros.ros.background import background_node
 
     if not (math.isfinite(duration_s) and duration_s >= 0):
         raise ConfigError(f'--duration must be >= 0 seconds (0 = until stopped), got {duration_s}')
     stop = stop if stop is not None else threading.Event()
-    context = rclpy.Context()
     # The caller decides what a signal means (tsa record: stop and close the file).
-    no_handlers = SignalHandlerOptions.NO
-    rclpy.init(context=context, domain_id=domain_id, signal_handler_options=no_handlers)
-    node = executor = thread = None
-    try:
-        node = Node(node_name, context=context, start_parameter_services=False)
+    with background_node(node_name, domain_id=domain_id, start_parameter_services=False) as node:
         worker = make(node)
         worker.start()
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(node)
-
-        def spin() -> None:
-            try:
-                executor.spin()
-            except ExternalShutdownException:
-                pass
-
-        thread = threading.Thread(target=spin, name=node_name, daemon=True)
-        thread.start()
         try:
             if started is not None:
                 started(worker)
@@ -437,14 +418,6 @@ def run_node(
         finally:
             result = worker.stop()
         return result
-    finally:
-        if executor is not None:
-            executor.shutdown()
-        if thread is not None:
-            thread.join(timeout=5)
-        if node is not None:
-            node.destroy_node()
-        rclpy.shutdown(context=context)
 
 
 def record(

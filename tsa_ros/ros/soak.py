@@ -394,9 +394,9 @@ def machine() -> dict:
 
 def soak(args: SoakArgs, log=print) -> Verdict:
     """Run the soak (see the module docstring); writes the outputs to ``args.out``."""
-    import rclpy
-    from rclpy.executors import SingleThreadedExecutor
+    from contextlib import ExitStack
 
+    from tsa_ros.ros.background import background_node
     from tsa_ros.ros.preflight import check_graph
     from tsa_ros.ros.up import Supervisor, node_command, stop_all
 
@@ -413,14 +413,9 @@ def soak(args: SoakArgs, log=print) -> Verdict:
     commands = {s.name: node_command(s, graph.params_file) for s in specs}
     (out / 'logs').mkdir(exist_ok=True)
     supervisor = Supervisor(specs, commands, out / 'logs')
-    context = rclpy.Context()
-    rclpy.init(context=context, args=[])
-    node = rclpy.create_node('tsa_soak', context=context)
+    spun = ExitStack()
+    node = spun.enter_context(background_node('tsa_soak'))
     probe = Probe(node)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
     period = 1.0 / args.rate
     stamp0 = time.time_ns()
     index = 0
@@ -489,9 +484,7 @@ def soak(args: SoakArgs, log=print) -> Verdict:
         restarts = {n: supervisor.restarts[n] - restarts0[n] for n in restarts0}
     finally:
         stop_all(supervisor.procs)
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+        spun.close()
 
     verdict = judge(
         published, base, final, samples, probe.all_latencies, restarts, args.max_growth_mb
