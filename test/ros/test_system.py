@@ -127,8 +127,12 @@ def test_tsa_graph_fuses_every_frame_and_adapts_a(ros, tmp_path):
             ModelWeights, '/tsa/learner/weights', weights.append, qos.LATCHED
         )
         # Three segmenters and the learner read the camera; fusion reads three results.
-        assert ros.wait_for(lambda: pub.get_subscription_count() >= 4, timeout=120), (
-            'graph did not come up:\n' + graph.log('teacher') + graph.log('learner')
+        # (Up to 5 minutes: six processes import torch on 2 cores, once over 2 min in CI.)
+        assert ros.wait_for(lambda: pub.get_subscription_count() >= 4, timeout=300), (
+            'graph did not come up:\n'
+            + graph.log('teacher')
+            + graph.log('learner')
+            + graph.log('lifecycle_manager')
         )
         images = frames(12)
 
