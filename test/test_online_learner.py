@@ -207,6 +207,11 @@ def test_an_a_is_resumed_only_on_top_of_the_s_it_was_adapted_from(student, tmp_p
     assert checkpoint_file('auto', 'cd' * 32) != auto  # another S, another file
     assert checkpoint_file('', 'ab' * 32) is None
     assert checkpoint_file('~/a.pt', 'ab' * 32) == Path.home() / 'a.pt'
+    # The same (seeded) S at another input size is another file: the first would not load.
+    small = ModelConfig(arch='erfnet', input_size=(32, 64))
+    large = ModelConfig(arch='erfnet', input_size=(128, 256))
+    assert checkpoint_file('auto', 'ab' * 32, small).name == f'adaptive-{"ab" * 8}-erfnet-32x64.pt'
+    assert checkpoint_file('auto', 'ab' * 32, small) != checkpoint_file('auto', 'ab' * 32, large)
 
     AdaptiveCheckpoint(auto, student.config, every_s=0, student_sha256='ab' * 32).write(
         SavedState(student.state_dict(), 5, 3)

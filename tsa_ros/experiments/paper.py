@@ -509,7 +509,7 @@ class _Run:
         plots.sweep_figure(rows, 'alpha', self.dir / 'fig2_alpha.png', extra='p')
         plots.sweep_figure(rows, 'gamma', self.dir / 'fig3_gamma.png')
         models = {n: self.load(m) for n, m in _OVERLAY_MODELS}
-        sets = self.sets('minival', ('clean', 'S-AE-1'))
+        sets = self.sets('minival', ('clean', 'S-AE-1', 'S-AE-10', 'T-AE-10'))
         frames = min(self.cfg.preset.overlay_frames, len(sets['clean']))
         written = plots.overlays(models, sets, frames, self.dir / 'overlays', self.device)
         return {'overlays': [p.name for p in written]}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from tsa_ros.data.cityscapes import LabeledDataset
-from tsa_ros.data.labels import IGNORE_ID, colorize
+from tsa_ros.data.labels import CLASS_NAMES, IGNORE_ID, TRAIN_COLORS, colorize
 from tsa_ros.fusion import majority_vote
 from tsa_ros.inference import Predictor
 from tsa_ros.metrics import percent
@@ -78,40 +78,70 @@ def overlays(
     out: str | Path,
     device: str | torch.device = 'cpu',
 ) -> list[Path]:
-    """One PNG per frame: rows = sets (clean, S-AE-1), columns = image, labels, masks.
+    """One PNG per frame: rows = sets (clean first, then the AE sets), columns = image,
+    perturbation, ground truth, T, S, A, A+IFM and the fused mask, with a class legend.
 
     ``models`` must hold T, S, A and A+IFM; the fused mask is the majority vote of T, S and
-    A+IFM (T breaks ties), as in Table 2's ``majority`` row.
+    A+IFM (T breaks ties), as in Table 2's ``majority`` row, so T is shown to explain it.
+    The perturbation panel is the AE minus the clean image, amplified to the full gray range
+    (at ε = 1 it is invisible in the image itself).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    shown = ('S', 'A', 'A+IFM')
+    shown = ('T', 'S', 'A', 'A+IFM')
     predictors = {name: Predictor(model, device=device) for name, model in models.items()}
+    clean = next(iter(sets.values()))
+    columns = 4 + len(shown)
     written = []
     for index in range(frames):
         fig, axes = plt.subplots(
-            len(sets), 3 + len(shown), figsize=(2.6 * (3 + len(shown)), 1.6 * len(sets) + 0.6)
+            len(sets), columns, figsize=(2.2 * columns, 1.25 * len(sets) + 1.2), squeeze=False
         )
-        axes = np.atleast_2d(axes)
+        clean_image = clean[index][0].permute(1, 2, 0).numpy()
+        present: set[int] = set()
         for row, (set_name, dataset) in enumerate(sets.items()):
             image, label = dataset[index]
             x = image.unsqueeze(0)  # already at the networks' size
             preds = {n: p.infer(x)[0][0].cpu().numpy() for n, p in predictors.items()}
             fused = majority_vote([preds['T'], preds['S'], preds['A+IFM']], ignore_index=IGNORE_ID)
+            picture = image.permute(1, 2, 0).numpy()
             panels = [
-                ('image', image.permute(1, 2, 0).numpy().astype(np.uint8)),
-                ('labels', colorize(label.numpy())),
+                ('image', picture.astype(np.uint8)),
+                ('perturbation (amplified)', _amplified(picture - clean_image)),
+                ('ground truth', colorize(label.numpy())),
                 *((n, colorize(preds[n])) for n in shown),
                 ('fused (T, S, A+IFM)', colorize(fused)),
             ]
-            for col, (title, picture) in enumerate(panels):
+            for labels in (label.numpy(), fused, *preds.values()):
+                present.update(int(c) for c in np.unique(labels) if c != IGNORE_ID)
+            for col, (title, panel) in enumerate(panels):
                 ax = axes[row, col]
-                ax.imshow(picture)
-                ax.set_title(f'{set_name}: {title}', fontsize=8)
+                ax.imshow(panel)
+                ax.set_title(f'{set_name}: {title}', fontsize=7)
                 ax.axis('off')
-        fig.tight_layout()
+        _class_legend(fig, sorted(present))
+        fig.tight_layout(rect=(0, 0.6 / fig.get_figheight(), 1, 1))  # room for the legend
         path = out / f'frame_{index:02d}.png'
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def _amplified(delta: np.ndarray) -> np.ndarray:
+    """A signed image difference as uint8 gray around 128, scaled to use the full range."""
+    peak = float(np.abs(delta).max())
+    if peak == 0.0:
+        return np.full(delta.shape, 128, np.uint8)
+    return np.clip(128 + delta * (127 / peak), 0, 255).astype(np.uint8)
+
+
+def _class_legend(fig, classes: Sequence[int]) -> None:
+    """Colour swatches of the classes that appear in the figure, under the panels."""
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(color=np.asarray(TRAIN_COLORS[c]) / 255.0, label=CLASS_NAMES[c]) for c in classes
+    ]
+    handles.append(Patch(color='black', label='ignore'))
+    fig.legend(handles=handles, loc='lower center', ncol=min(10, len(handles)), fontsize=7)

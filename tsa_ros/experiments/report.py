@@ -141,7 +141,11 @@ def report_markdown(results: Mapping[str, Any], command: str | None = None) -> s
         lines += _sweeps(results['sweeps'])
     overlays = results.get('timings', {}).get('report', {}).get('overlays') or []
     if overlays:
-        lines += ['### Example frames (clean vs. S-AE ε=1; fused = majority of T, S, A+IFM)', '']
+        lines += [
+            '### Example frames (mini val: clean, S-AE ε=1 and 10, T-AE ε=10; '
+            'fused = majority of T, S, A+IFM)',
+            '',
+        ]
         lines += [f'![{name}](overlays/{name})' for name in overlays] + ['']
     if results.get('timings'):
         lines += _timings(results['timings'])

@@ -31,16 +31,24 @@ __all__ = ['AUTO', 'AdaptiveCheckpoint', 'SavedState', 'checkpoint_file', 'new_l
 AUTO = 'auto'
 
 
-def checkpoint_file(setting: str, student_sha256: str) -> Path | None:
+def checkpoint_file(
+    setting: str, student_sha256: str, config: ModelConfig | None = None
+) -> Path | None:
     """Where A is checkpointed: '' = nowhere; 'auto' = one file per S under the user's
     state directory (``$XDG_STATE_HOME`` or ``~/.local/state``, then
-    ``tsa_ros/adaptive-<first 16 hex digits of S's weights sha256>.pt``), so an A is only
-    ever resumed on top of the S it was adapted from; anything else is a path (``~`` ok)."""
+    ``tsa_ros/adaptive-<first 16 hex digits of S's weights sha256>[-<arch>-<H>x<W>].pt``), so
+    an A is only ever resumed on top of the S it was adapted from, at the size it was adapted
+    at (the same seeded S at another input size must not find a file it cannot load);
+    anything else is a path (``~`` ok)."""
     if not setting:
         return None
     if setting == AUTO:
         state = os.environ.get('XDG_STATE_HOME') or Path.home() / '.local' / 'state'
-        return Path(state) / 'tsa_ros' / f'adaptive-{student_sha256[:16]}.pt'
+        suffix = ''
+        if config is not None:
+            height, width = config.input_size
+            suffix = f'-{config.arch}-{height}x{width}'
+        return Path(state) / 'tsa_ros' / f'adaptive-{student_sha256[:16]}{suffix}.pt'
     return Path(setting).expanduser()
 
 

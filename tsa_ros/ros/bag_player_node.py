@@ -50,6 +50,8 @@ from tsa_ros.ros.health import Health
 from tsa_ros.ros.lifecycle import ManagedNode
 from tsa_ros.ros.params import check_overrides, declare_dataclass
 
+#: Seconds between the progress lines of a replay.
+_PROGRESS_S = 10.0
 #: Longest wait for subscribers' acknowledgements (rate 0 and before exit_when_done).
 _ACK_TIMEOUT = Duration(seconds=1)
 #: Pause between seeing the wanted subscribers and the first message (see _wait_for_subscribers).
@@ -154,6 +156,7 @@ class BagPlayerNode(ManagedNode):
         self.done = threading.Event()
         self._stop = threading.Event()
         summary = self.reader.summary()
+        self._frames_per_pass = summary.frames
         # One pass = the bag's length plus one frame gap, so pass k+1 continues pass k.
         gap_ns = summary.duration_s * 1e9 / (summary.frames - 1) if summary.frames > 1 else 1e9
         self._pass_ns = self.reader.duration_ns + round(gap_ns)
@@ -218,8 +221,9 @@ class BagPlayerNode(ManagedNode):
         """One pass over the bag from start_ns, stamps moved by offset_ns; returns the count."""
         self.health.status(DiagnosticStatus.OK, 'playing')
         rate = self.params.rate
-        sent = 0
+        sent = frames = 0
         first_ns = t0 = None
+        next_report = time.monotonic() + _PROGRESS_S
         for topic, bag_ns, _, raw in self.reader.raw_messages(self.topics, start_ns=start_ns):
             if first_ns is None:
                 first_ns, t0 = bag_ns, time.monotonic()
@@ -239,7 +243,19 @@ class BagPlayerNode(ManagedNode):
             sent += 1
             self.published += 1
             self.health.count(f'published.{topic}')
+            if topic == self._wait_topic:
+                frames += 1
+                if time.monotonic() >= next_report:
+                    next_report += _PROGRESS_S
+                    self._log_progress(frames)
         return sent
+
+    def _log_progress(self, frames: int) -> None:
+        """One line every _PROGRESS_S while playing, so a long replay shows where it is."""
+        total = self._frames_per_pass
+        share = f' ({100 * frames / total:.0f} %)' if total else ''
+        loop = f', pass {self.loops + 1}' if self.params.loop else ''
+        self.get_logger().info(f'played {frames}/{total} frames{share}{loop}')
 
     def _finish(self) -> None:
         self.done_pub.publish(Bool(data=True))

@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -402,6 +403,12 @@ class Camera:
         self.publisher.publish(image_msg(rgb, 'rgb8', header))
         return time.monotonic()
 
+    def votes(self, stamp: int) -> int:
+        """How many roles voted on the fused mask of ``stamp`` (0 before it arrives)."""
+        with self.lock:
+            msg = self.fused.get(stamp)
+            return 0 if msg is None else len(msg.roles)
+
     def answered(self, stamp: int) -> bool:
         """The fused mask and every label map of the roles that voted have arrived."""
         with self.lock:
@@ -457,11 +464,12 @@ def run_graph(
     recorder = None
     if args.record:
         shutil.rmtree(out / 'recording', ignore_errors=True)  # tsa record never overwrites
-        recorder = subprocess.Popen(
-            [sys.executable, '-m', 'tsa_ros.cli', 'record', '--out', str(out / 'recording')],
-            stdout=open(logs / 'record.log', 'wb'),
-            stderr=subprocess.STDOUT,
-        )
+        with open(logs / 'record.log', 'wb') as record_log:  # the child keeps its own copy
+            recorder = subprocess.Popen(
+                [sys.executable, '-m', 'tsa_ros.cli', 'record', '--out', str(out / 'recording')],
+                stdout=record_log,
+                stderr=subprocess.STDOUT,
+            )
     log(f'graph: starting {", ".join(commands)} (logs in {logs})')
     supervisor = Supervisor(specs, commands, logs)
     spun = ExitStack()
@@ -487,7 +495,7 @@ def run_graph(
         start = time.monotonic()
         while True:
             s, _, ok = play(clean[0], timeout=5.0)
-            if ok and len(camera.fused[s].roles) == 3:
+            if ok and camera.votes(s) == 3:
                 break
             if time.monotonic() - start > 300:
                 raise RuntimeError(f'the graph fused no frame with three votes; see {logs}')
@@ -513,7 +521,7 @@ def run_graph(
     finally:
         stop_all(supervisor.procs)
         if recorder is not None:
-            recorder.send_signal(2)
+            recorder.send_signal(signal.SIGINT)  # tsa record closes the MCAP file
             try:
                 recorder.wait(15)
             except subprocess.TimeoutExpired:
@@ -524,8 +532,8 @@ def run_graph(
 
 
 def record_frame(run, camera, phase, index, stamp, sent, truth) -> None:
-    msg = camera.fused.get(stamp)
     with camera.lock:
+        msg = camera.fused.get(stamp)
         labels = {s: camera.labels.get((stamp, s)) for s in STREAMS}
     for stream, prediction in labels.items():
         if prediction is not None:

@@ -83,7 +83,9 @@ class GraphArgs:
         adaptive_checkpoint: tsa checkpoint A starts from, e.g. the learner's last
             checkpoint_path ('' = student_checkpoint, i.e. A = S).
         bag: rosbag2 to replay (replay and attack_injection graphs).
-        rate: Replay rate factor (1.0 = recorded 17 Hz).
+        rate: Replay rate factor (1.0 = as recorded); 0 = the params file's bag_player
+            rate (cpu.yaml: 0.2, slow enough that T, S and A segment every frame of an
+            11-17 Hz bag on 2 cores; tsa.yaml: 1.0).
         loop: Replay the bag in a loop.
         exit_when_done: Stop the graph when the bag has been played once.
         attack_target: Static network the attacker differentiates: teacher or student.
@@ -101,7 +103,7 @@ class GraphArgs:
     student_checkpoint: str = ''
     adaptive_checkpoint: str = ''
     bag: str = ''
-    rate: float = 1.0
+    rate: float = 0.0
     loop: bool = False
     exit_when_done: bool = False
     attack_target: str = 'student'
@@ -114,8 +116,8 @@ class GraphArgs:
             raise ConfigError(
                 f'attack_target must be teacher or student, not {self.attack_target!r}'
             )
-        if not self.rate > 0:
-            raise ConfigError(f'rate must be > 0, got {self.rate}')
+        if not self.rate >= 0:
+            raise ConfigError(f"rate must be > 0 (0 = the params file's), got {self.rate}")
         if self.epsilon < 0:
             raise ConfigError(f'epsilon must be >= 0, got {self.epsilon}')
         if not self.admission_hz >= 0:
@@ -282,7 +284,7 @@ def describe(graph: str, args: GraphArgs | None = None) -> list[NodeSpec]:
             raise ConfigError(f'the {graph} graph needs a bag (launch argument bag:=PATH)')
         player = {
             'bag': args.bag,
-            'rate': args.rate,
+            **({'rate': args.rate} if args.rate else {}),
             'loop': args.loop,
             'exit_when_done': args.exit_when_done,
         }

@@ -71,7 +71,7 @@ class LearnerNodeParams:
     Attributes:
         checkpoint_path: File A is checkpointed to (atomically) and resumed from after a
             restart; 'auto' = one file per S in the user's state directory
-            (~/.local/state/tsa_ros/adaptive-<S's weights sha256>.pt); empty = no
+            (~/.local/state/tsa_ros/adaptive-<S's weights sha256>-<arch>-<HxW>.pt); empty = no
             checkpoint, every start begins again from S in a new lineage.
         initial_checkpoint: tsa checkpoint A starts from when there is no checkpoint to
             resume (e.g. what `tsa adapt` wrote; the graph passes adaptive_checkpoint, the
@@ -140,7 +140,7 @@ class LearnerNode(ManagedNode):
         # checkpoint of another architecture fails loudly instead of being overwritten).
         student_sha = weights_sha256(student.state_dict())
         self._ckpt = AdaptiveCheckpoint(
-            checkpoint_file(self.params.checkpoint_path, student_sha),
+            checkpoint_file(self.params.checkpoint_path, student_sha, self._model_config),
             self._model_config,
             self.params.checkpoint_every_s,
             student_sha256=student_sha,

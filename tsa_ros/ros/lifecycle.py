@@ -187,12 +187,16 @@ class ManagedNode(LifecycleNodeMixin, Node):
     def close(self) -> None:
         """End of the process (common.run): leave through the lifecycle's shutdown.
 
-        After Ctrl-C the context may be gone and the transition refused; what shutdown
-        releases (final checkpoint, report) is then released directly.
+        After Ctrl-C or exit_when_done the context may be gone and the transition refused;
+        what shutdown releases (final checkpoint, report) is then released directly.
         """
         if self.state not in ('unconfigured', 'inactive', 'active'):
             return
         try:
+            if not self.context.ok():
+                # The transition would fail to publish its event and log an error
+                # (exit_when_done shuts the context down first): release directly.
+                raise RuntimeError('context already shut down')
             self.trigger_shutdown()
         except Exception as exc:  # RCLError of a shut-down context
             self.get_logger().debug(f'shutdown transition refused: {exc}')

@@ -183,8 +183,12 @@ class Supervisor:
         return None
 
 
-def stop_all(procs: dict[str, subprocess.Popen], timeout: float = 10.0) -> None:
-    """SIGINT every node (they shut down cleanly and write reports), then kill stragglers."""
+def stop_all(procs: dict[str, subprocess.Popen], timeout: float = 30.0) -> None:
+    """SIGINT every node (they shut down cleanly and write reports), then kill stragglers.
+
+    The learner finishes its training step and writes A's final checkpoint first; on a
+    loaded 2-core machine that took over 10 s, so stragglers get 30 s before SIGKILL.
+    """
     for proc in procs.values():
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
