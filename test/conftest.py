@@ -40,6 +40,18 @@ def weights_key_file(tmp_path_factory):
         yield path
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Nodes built in the test process set its torch threads (a segmenter takes its share
+    of the cores, the learner one thread): later tests get torch's count back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def ros_domain_id(monkeypatch):
     """A ROS_DOMAIN_ID no other running test uses, exported to children, localhost only."""

@@ -199,7 +199,7 @@ def tensor_to_frames(images: Tensor) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- predictor
-BACKENDS = ('auto', 'eager', 'channels_last', 'bf16')
+BACKENDS = ('auto', 'eager', 'channels_last', 'bf16', 'onnxruntime')
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -208,6 +208,15 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
     if backend == 'auto':
         return 'channels_last'
+    if backend == 'onnxruntime':
+        if device.type != 'cpu':
+            raise ValueError(
+                f'backend onnxruntime runs on the CPU only (the onnxruntime wheel has no GPU '
+                f'provider); device is {device}'
+            )
+        from tsa_ros.onnx_backend import check_available
+
+        check_available()
     if backend == 'bf16':
         if not has_bf16(device):
             raise ValueError(
@@ -244,11 +253,15 @@ class Predictor:
         backend: how the forward pass runs (:data:`BACKENDS`): ``'eager'`` (NCHW fp32),
             ``'channels_last'`` (NHWC fp32: same labels, faster convolutions and a cheap
             argmax over classes), ``'bf16'`` (channels_last under bfloat16 autocast, only
-            where the hardware has bf16: faster, labels may differ on a few pixels);
-            ``'auto'`` = the faster of the two fp32 paths, timed by :meth:`warmup` on this
-            machine (``'channels_last'`` until then): which one wins depends on the CPU and
-            the input size. Reduced precision is never chosen by itself: it would need its
-            mIoU checked on the trained networks first.
+            where the hardware has bf16: faster, labels may differ on a few pixels),
+            ``'onnxruntime'`` (CPU, fp32: the network exported to ONNX once per weights and
+            input size, cached on disk, see :mod:`tsa_ros.onnx_backend`; the first use at a
+            new size exports, seconds; :meth:`with_weights` reuses the export);
+            ``'auto'`` = the faster of the two fp32 torch paths, timed by :meth:`warmup` on
+            this machine (``'channels_last'`` until then): which one wins depends on the CPU
+            and the input size. Reduced precision is never chosen by itself: it would need
+            its mIoU checked on the trained networks first; onnxruntime neither (opt-in: an
+            export in every timing would cost seconds).
     """
 
     def __init__(
@@ -269,9 +282,15 @@ class Predictor:
         self.input_size = None if input_size is None else _check_size(input_size)
         if self.input_size is not None:
             self.model.check_input_size(*self.input_size)
+        self._ort = None  # OrtNetwork: exports lazily, at the first forward (or warmup)
+        if self.backend == 'onnxruntime':
+            from tsa_ros.onnx_backend import OrtNetwork
+
+            self._ort = OrtNetwork(self.model)
 
     def _set_memory_format(self) -> None:
-        fmt = torch.contiguous_format if self.backend == 'eager' else torch.channels_last
+        nchw = self.backend in ('eager', 'onnxruntime')  # ORT: export, weights in NCHW
+        fmt = torch.contiguous_format if nchw else torch.channels_last
         self.model = self.model.to(memory_format=fmt)
 
     @property
@@ -284,6 +303,8 @@ class Predictor:
         This one keeps serving meanwhile (a weight swap never touches the running model).
         Raises ``ValueError`` when the weights do not fit the network (names, shapes, and
         dtypes: load_state_dict would cast a float64 or integer tensor silently).
+        With ``'onnxruntime'`` the exported graph is reused (a new session, no export) and
+        the session is built here, so the swapped predictor's first frame is not slower.
         """
         own = self.model.state_dict()
         for name, tensor in state_dict.items():
@@ -298,9 +319,12 @@ class Predictor:
             fresh.load_state_dict(state_dict, strict=True)
         except RuntimeError as exc:
             raise ValueError(f'weights do not fit the network: {exc}') from exc
-        return Predictor(
+        swapped = Predictor(
             fresh, device=self.device, input_size=self.input_size, backend=self.backend
         )
+        if self._ort is not None:
+            swapped._ort = self._ort.with_model(swapped.model)
+        return swapped
 
     def choose_backend(self, size: tuple[int, int], repeats: int = 2) -> str:
         """For ``backend='auto'``: time the fp32 paths (forward and argmax) at network input
@@ -355,6 +379,8 @@ class Predictor:
         ``images`` are gray values ``(N, 3, h, w)`` already at the network's size (a data
         loader's batch, or :meth:`prepare`'s output).
         """
+        if self._ort is not None:
+            return self._ort.infer(images, posteriors)
         images = images.to(self.device)
         if self.backend != 'eager':
             images = images.contiguous(memory_format=torch.channels_last)

@@ -473,3 +473,16 @@ def test_enable_answers_while_a_frame_is_being_segmented(ros):
     finally:
         release.set()
     assert ros.wait_for(lambda: probe.got['labels'], timeout=20)  # the frame in flight ends
+
+
+def test_a_segmenter_takes_its_share_of_the_cores_unless_told(ros):
+    from tsa_ros.threads import segmenter_threads
+
+    auto = make_node(ros, warmup=False)
+    assert torch.get_num_threads() == segmenter_threads(0)
+    values = {kv.key: kv.value for kv in auto.health.snapshot().values}
+    assert values['num_threads'] == str(segmenter_threads(0))
+    make_node(ros, warmup=False, num_threads=2)
+    assert torch.get_num_threads() == 2
+    with pytest.raises(ValueError, match='num_threads must be >= 0'):
+        make_node(ros, warmup=False, num_threads=-1)

@@ -4,7 +4,9 @@ Each figure is printed with a reference measured in the same run (interleaved wi
 minimum of the repetitions; the median too): a network's forward pass against its
 convolution FLOPs at this machine's measured compute peak, the ``Predictor`` against the bare
 forward, codec and fusion against a memcpy of their bytes, an attack against its iterations
-in forwards, and S's latency while the learner trains against S idle. The machine (CPU model,
+in forwards, S's latency while the learner trains against S idle, and T, S and A segmenting
+one frame together in three processes (as the graph runs them) per thread budget against
+each alone. The machine (CPU model,
 threads, load average before and after) goes with the numbers: ratios hold across machines,
 absolute times do not.
 """
@@ -21,6 +23,7 @@ import torch
 
 from tsa_ros.bench import figures
 from tsa_ros.bench.timing import has_bf16, machine
+from tsa_ros.bench.triplet import triplet_rows
 
 __all__ = ['add_arguments', 'main_from_args', 'markdown', 'run']
 
@@ -74,6 +77,10 @@ def run(
     rows += figures.attack_rows(student, small, dev, max(1, repeats // 2))
     if dev.type == 'cpu':
         rows += figures.learner_rows(student, small, repeats, nice=cfg.learner.nice)
+        # The graph's CPU networks (config/cpu.yaml) in three processes, per thread budget.
+        graph_size = small if quick else (128, 256)
+        _log(f'the triplet in three processes at {graph_size[0]}x{graph_size[1]}')
+        rows += triplet_rows(graph_size, repeats, learner_nice=cfg.learner.nice)
     after = machine(dev)
     return {
         'machine_before': before,

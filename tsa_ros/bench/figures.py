@@ -95,6 +95,21 @@ def _input(size: tuple[int, int], device: torch.device, n: int = 1) -> torch.Ten
     return frames_to_tensor(list(_frames(size, n)), device)
 
 
+def _onnxruntime(model: SegmentationNet, size: tuple[int, int], device: torch.device):
+    """``model`` in ONNX Runtime at ``size`` with its session built (exported, or loaded from
+    the cache), or ``None`` where the backend cannot run (not the CPU, packages missing)."""
+    from tsa_ros.onnx_backend import OrtNetwork
+
+    if device.type != 'cpu':
+        return None
+    try:
+        network = OrtNetwork(copy.deepcopy(model))
+    except ValueError:  # onnxruntime / onnx / onnxscript not installed
+        return None
+    network.session(size)
+    return network
+
+
 def network_rows(
     role: str,
     model: SegmentationNet,
@@ -106,6 +121,9 @@ def network_rows(
     """The bare forward pass of one network per backend against the compute floor.
 
     Floor = the network's convolution FLOPs (2 x MACs) / this run's compute peak in that dtype.
+    onnxruntime (CPU only): its graph ends in the arg-max, which runs whatever output is
+    fetched, so its row includes one. For A (``role`` naming it), also the weight swap: a
+    new predictor with new weights up to its first labels, against one onnxruntime forward.
     """
     model = model.to(device).eval()
     flops = 2 * count_conv_macs(model, input_size=size)
@@ -124,9 +142,21 @@ def network_rows(
                 return cl_model(x_cl)
 
         cases['channels_last bf16 autocast'] = bf16_forward
+    ort_network = _onnxruntime(model, size, device)
+    swap = ort_network is not None and 'A' in role.split('/')
+    if ort_network is not None:
+        cases['onnxruntime fp32 (+argmax)'] = lambda: ort_network.logits(x)
+    if swap:
+        predictor = Predictor(
+            copy.deepcopy(model), device=device, input_size=size, backend='onnxruntime'
+        )
+        predictor.warmup(size)  # the export is cached: a hash and a session
+        weights = {k: v.clone() for k, v in model.state_dict().items()}
+        cases['swap'] = lambda: predictor.with_weights(weights).infer(x)
     with torch.inference_mode():
         times = interleave(cases, repeats, device=device)
     name = f'{role} {model.config.arch} {_size_name(size)}'
+    swap_time = times.pop('swap', None)
     rows = []
     for backend, t in times.items():
         rows.append(_row('network', f'{name} {backend}', t, 'fp32 floor', flops / peaks['fp32']))
@@ -134,6 +164,16 @@ def network_rows(
             rows.append(
                 _row('network', f'{name} {backend}', t, 'bf16 floor', flops / peaks['bf16'])
             )
+    if swap_time is not None:
+        rows.append(
+            _row(
+                'network',
+                f'{name} onnxruntime weight swap (with_weights to first labels)',
+                swap_time,
+                'one onnxruntime forward',
+                times['onnxruntime fp32 (+argmax)'].min,
+            )
+        )
     return rows
 
 

@@ -451,18 +451,30 @@ HEADER_FIRST_TYPES = frozenset(
 )
 
 
+def _cdr_order(data: bytes | bytearray | memoryview) -> str:
+    """struct byte order of plain CDR bytes (after checking the encapsulation header)."""
+    if len(data) < 12 or data[0] != 0 or data[1] not in (0, 1):
+        raise BagError('not a plain CDR message: cannot read its header stamp')
+    return '<' if data[1] == 1 else '>'
+
+
+def header_stamp_ns(raw: bytes | memoryview) -> int:
+    """The header stamp of a header-first message's CDR bytes, in ns, without deserialising.
+
+    The stamp (int32 sec, uint32 nanosec) directly follows the 4-byte encapsulation header.
+    """
+    sec, nanosec = struct.unpack_from(f'{_cdr_order(raw)}iI', raw, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
 def shift_header_stamp(raw: bytes | memoryview, offset_ns: int) -> bytes:
     """CDR bytes of a header-first message with its header stamp moved by ``offset_ns``.
 
-    The stamp (int32 sec, uint32 nanosec) directly follows the 4-byte encapsulation header,
-    so it is rewritten in place of a copy, without deserialising the pixels.
+    The stamp is rewritten in place of a copy, without deserialising the pixels.
     """
     data = bytearray(raw)
-    if len(data) < 12 or data[0] != 0 or data[1] not in (0, 1):
-        raise BagError('not a plain CDR message: cannot move its header stamp')
-    order = '<' if data[1] == 1 else '>'
-    sec, nanosec = struct.unpack_from(f'{order}iI', data, 4)
-    stamp = sec * 1_000_000_000 + nanosec + int(offset_ns)
+    order = _cdr_order(data)
+    stamp = header_stamp_ns(data) + int(offset_ns)
     if stamp < 0 or stamp // 1_000_000_000 >= 2**31:
         raise BagError(f'stamp {stamp} ns out of range after an offset of {offset_ns} ns')
     struct.pack_into(f'{order}iI', data, 4, *divmod(stamp, 1_000_000_000))

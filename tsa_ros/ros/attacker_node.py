@@ -5,8 +5,8 @@ network (T or S), sits between the camera and perception, and replaces every fra
 iterative least-likely class attack on that network (eqs. 7-10, :mod:`tsa_ros.attacks`).
 Outputs keep the camera header (stamp and frame_id), so downstream joins by stamp still work.
 
-Topics (relative; the graph remaps them): sub ``image_in`` (sensor_msgs/Image, qos.SENSOR),
-pub ``image_out`` (rgb8, qos.RESULTS).
+Topics (relative; the graph remaps them): sub ``image_in`` (sensor_msgs/Image,
+qos.ATTACKER_INPUT: a short queue), pub ``image_out`` (rgb8, qos.RESULTS).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class AttackerNode(ManagedNode):
         self.health.set('iterations', self.attack.num_iterations)
 
         self._pub = self.create_publisher(Image, 'image_out', qos.RESULTS)
-        self.create_subscription(Image, 'image_in', self.on_image, qos.SENSOR)
+        self.create_subscription(Image, 'image_in', self.on_image, qos.ATTACKER_INPUT)
         self.get_logger().info(
             f'attacking the {self.params.target} ({arch_id(self._config)}): '
             f'epsilon {self.attack.epsilon}, step {self.attack.step_size}, '

@@ -42,6 +42,7 @@ from tsa_ros.data.bag import (
     TOPIC_IMAGE,
     BagError,
     BagReader,
+    header_stamp_ns,
     shift_header_stamp,
 )
 from tsa_ros.ros import qos
@@ -77,6 +78,11 @@ class BagPlayerParams:
         wait_timeout_s: Stop waiting for subscribers after this many seconds and play
             anyway; 0 = wait as long as it takes.
         exit_when_done: Shut the node down when the bag has ended (ignored when looping).
+        drain_topic: With exit_when_done: before shutting down, wait until a
+            FusedSegmentation on this topic carries the last camera frame's stamp (the
+            frames still queued in the attacker and the networks are then through), or
+            until none arrived for drain_timeout_s; '' = shut down at once.
+        drain_timeout_s: Longest silence on drain_topic before the player gives up waiting.
     """
 
     bag: str = ''
@@ -87,6 +93,8 @@ class BagPlayerParams:
     wait_for_subscribers: int = 0
     wait_timeout_s: float = 10.0
     exit_when_done: bool = False
+    drain_topic: str = ''
+    drain_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.rate) and self.rate >= 0):
@@ -97,6 +105,8 @@ class BagPlayerParams:
             raise ValueError(f'wait_for_subscribers must be >= 0, got {self.wait_for_subscribers}')
         if not (math.isfinite(self.wait_timeout_s) and self.wait_timeout_s >= 0):
             raise ValueError(f'wait_timeout_s must be >= 0, got {self.wait_timeout_s}')
+        if not (math.isfinite(self.drain_timeout_s) and self.drain_timeout_s > 0):
+            raise ValueError(f'drain_timeout_s must be > 0, got {self.drain_timeout_s}')
 
 
 def message_class(msgtype: str) -> type:
@@ -148,6 +158,15 @@ class BagPlayerNode(ManagedNode):
             for topic in self.topics
         }
         self._wait_topic = TOPIC_IMAGE if TOPIC_IMAGE in self.pubs else self.topics[0]
+        self._last_image_ns: int | None = None
+        self._drained = threading.Event()
+        self._fused_at = time.monotonic()
+        if self.params.drain_topic:
+            from tsa_msgs.msg import FusedSegmentation
+
+            self.create_subscription(
+                FusedSegmentation, self.params.drain_topic, self._on_fused, qos.RESULTS
+            )
         self.done_pub = self.create_publisher(Bool, '~/done', qos.LATCHED)
         self.done_pub.publish(Bool(data=False))
         self.health = Health(self)
@@ -162,7 +181,7 @@ class BagPlayerNode(ManagedNode):
         self._pass_ns = self.reader.duration_ns + round(gap_ns)
         self._shiftable = {t for t in self.topics if bag_topics[t][0] in HEADER_FIRST_TYPES}
         self.get_logger().info(
-            f'playing {self.params.bag}: {summary.frames} frames, {summary.duration_s:.1f} s, '
+            f'bag {self.params.bag}: {summary.frames} frames, {summary.duration_s:.1f} s, '
             f'topics {self.topics}, rate {self.params.rate or "max"}'
             + (', looping' if self.params.loop else '')
         )
@@ -172,6 +191,7 @@ class BagPlayerNode(ManagedNode):
         try:
             if not self._wait_for_subscribers():
                 return
+            self.get_logger().info('playing')
             start_ns = self.reader.start_ns + round(self.params.start_offset_s * 1e9)
             while not self._stop.is_set():
                 offset_ns = self.loops * self._pass_ns
@@ -245,6 +265,8 @@ class BagPlayerNode(ManagedNode):
             self.health.count(f'published.{topic}')
             if topic == self._wait_topic:
                 frames += 1
+                if self.params.drain_topic:
+                    self._last_image_ns = header_stamp_ns(raw)
                 if time.monotonic() >= next_report:
                     next_report += _PROGRESS_S
                     self._log_progress(frames)
@@ -268,7 +290,28 @@ class BagPlayerNode(ManagedNode):
             # Let reliable subscribers receive the last messages before the context goes.
             for pub in (*self.pubs.values(), self.done_pub):
                 pub.wait_for_all_acked(_ACK_TIMEOUT)
+            self._drain()
             self.context.try_shutdown()
+
+    def _on_fused(self, msg) -> None:
+        self._fused_at = time.monotonic()
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        if self._last_image_ns is not None and stamp >= self._last_image_ns:
+            self._drained.set()
+
+    def _drain(self) -> None:
+        """Wait until the last frame is fused, or drain_timeout_s without a fused mask: a
+        graph stopped at the bag's end would lose the frames still in its queues."""
+        if not self.params.drain_topic or self._last_image_ns is None:
+            return
+        self._fused_at = time.monotonic()
+        while not self._drained.wait(0.1) and not self._stop.is_set():
+            if time.monotonic() - self._fused_at > self.params.drain_timeout_s:
+                self.get_logger().warning(
+                    f'the last frame was not fused within {self.params.drain_timeout_s} s of '
+                    f'the last message on {self.params.drain_topic}: stopping anyway'
+                )
+                return
 
     # ------------------------------------------------------------------ lifecycle
     def release(self) -> None:

@@ -221,14 +221,15 @@ class EvaluatorNode(ManagedNode):
             self._handle(self._joiner.expire(math.inf), publish=self.context.ok())
         if self.params.report_path:
             self.write_report()
-            if self.evaluation.frames == 0:
+            streams = self.report()['streams'].values()
+            if not any(entry['pixels'] for entry in streams):
                 # An empty report is not a result: say so, and make the run fail (tsa up and
                 # ros2 launch see the exit status), instead of exit 0 with nothing scored.
                 self.get_logger().error(
-                    'scored no frame: no ground truth met the streams '
-                    f'{list(self.streams)} (is /camera/ground_truth recorded in the bag, and '
-                    'do the networks keep up with the replay? lower --rate or set '
-                    '--admission-hz)'
+                    f'scored no frame: none of the {self.evaluation.frames} ground-truth '
+                    f'frames met a label map of the streams {list(self.streams)} (is '
+                    '/camera/ground_truth recorded in the bag, and do the networks keep up '
+                    'with the replay? lower --rate or set --admission-hz)'
                 )
                 self.exit_status = 1
 

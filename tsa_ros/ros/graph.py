@@ -287,6 +287,8 @@ def describe(graph: str, args: GraphArgs | None = None) -> list[NodeSpec]:
             **({'rate': args.rate} if args.rate else {}),
             'loop': args.loop,
             'exit_when_done': args.exit_when_done,
+            # At the bag's end, wait for the frames still queued in the graph to be fused.
+            'drain_topic': f'{ns}/fused/segmentation',
         }
         remap = ()
         if graph == 'attack_injection':

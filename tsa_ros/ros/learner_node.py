@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import torch
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import Image
@@ -54,6 +55,7 @@ from tsa_ros.ros.health import Health
 from tsa_ros.ros.lifecycle import ManagedNode, when_active
 from tsa_ros.ros.params import check_overrides, declare_dataclass
 from tsa_ros.sync import stamp_ns
+from tsa_ros.threads import LEARNER_THREADS
 
 #: Seconds close() waits for the training thread to finish its current step (a CPU step at
 #: full resolution can take seconds).
@@ -89,6 +91,8 @@ class LearnerNodeParams:
         admission_hz: Take only the frames the segmenters admit (tsa_ros.admission, same
             rate as theirs); the others could never meet a teacher result. 0 = every frame.
         input_qos: QoS of the camera subscription (tsa_ros.ros.qos.InputQoS).
+        num_threads: Intra-op threads of the training; 0 = auto: 1, so that the learner
+            leaves the cores to the segmenters (tsa_ros.threads).
     """
 
     checkpoint_path: str = ''
@@ -100,10 +104,13 @@ class LearnerNodeParams:
     resize: bool = False
     admission_hz: float = 0.0
     input_qos: qos.InputQoS = field(default_factory=qos.InputQoS)
+    num_threads: int = 0
 
     def __post_init__(self) -> None:
         if not self.admission_hz >= 0:
             raise ValueError(f'admission_hz must be >= 0, got {self.admission_hz}')
+        if self.num_threads < 0:
+            raise ValueError(f'num_threads must be >= 0 (0 = auto), got {self.num_threads}')
         if not self.checkpoint_every_s >= 0:
             raise ValueError(f'checkpoint_every_s must be >= 0, got {self.checkpoint_every_s}')
         if not self.join_timeout_s > 0:
@@ -135,6 +142,9 @@ class LearnerNode(ManagedNode):
         self._config_dict = self._model_config.to_dict()
         self.health = Health(self)
         self.health.set('arch', self._arch)
+        threads = self.params.num_threads or LEARNER_THREADS
+        torch.set_num_threads(threads)  # before the training thread's first torch call
+        self.health.set('num_threads', threads)
 
         # Resume: A's weights, step and snapshot version from the last checkpoint (a
         # checkpoint of another architecture fails loudly instead of being overwritten).

@@ -28,6 +28,17 @@ ADMITTED_SENSOR = QoSProfile(
     durability=QoSDurabilityPolicy.VOLATILE,
 )
 
+#: The attacker's camera input: a short queue, not the latest frame only. The attacker is a
+#: serial stage in front of the triplet (one frame at a time, with all the process's
+#: threads): a frame it drops is lost to every network, a ground-truth frame of a replay
+#: among them, and a replay frame that arrives while it attacks the previous one must wait.
+ATTACKER_INPUT = QoSProfile(
+    history=QoSHistoryPolicy.KEEP_LAST,
+    depth=3,
+    reliability=QoSReliabilityPolicy.BEST_EFFORT,
+    durability=QoSDurabilityPolicy.VOLATILE,
+)
+
 
 def camera(admission_hz: float) -> QoSProfile:
     """The camera subscription's profile: SENSOR, or ADMITTED_SENSOR under admission."""

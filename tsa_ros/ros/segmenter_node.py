@@ -45,6 +45,7 @@ from tsa_ros.ros.common import (
 from tsa_ros.ros.health import Health
 from tsa_ros.ros.lifecycle import ManagedNode, when_active
 from tsa_ros.ros.params import check_overrides, declare_dataclass
+from tsa_ros.threads import segmenter_threads
 
 ROLES = ('teacher', 'student', 'adaptive')
 
@@ -70,7 +71,13 @@ class SegmenterParams:
         admission_hz: Frames per second segmented, chosen by header stamp (tsa_ros.admission)
             so the whole triplet takes the same frames; 0 = every frame.
         backend: How the network runs (tsa_ros.inference.BACKENDS): 'auto' (=
-            channels_last), 'eager', 'channels_last' or 'bf16' (where the CPU/GPU has it).
+            channels_last), 'eager', 'channels_last' or 'bf16' (where the CPU/GPU has it);
+            'onnxruntime' (CPU, opt-in): exported per input size at warm-up, cached on disk,
+            so keep frames at the warm-up size (resize: true) or a new size exports again.
+        num_threads: Intra-op threads of this segmenter's process; 0 = auto: the cores
+            this process may use divided among the three segmenters, at least one each
+            (tsa_ros.threads: with torch's default of one thread per core in each of the
+            three processes, the triplet ran many times slower on 2 cores).
         max_version_step: Adaptive only: a snapshot of the current lineage more than this
             many versions beyond the loaded one is rejected (a far-off version would make A
             refuse every genuine snapshot after it).
@@ -88,6 +95,7 @@ class SegmenterParams:
     warmup: bool = True
     admission_hz: float = 0.0
     backend: str = 'auto'
+    num_threads: int = 0
     max_version_step: int = MAX_VERSION_STEP
     input_qos: qos.InputQoS = field(default_factory=qos.InputQoS)
 
@@ -98,6 +106,8 @@ class SegmenterParams:
             raise ValueError(f'admission_hz must be >= 0, got {self.admission_hz}')
         if self.max_version_step < 1:
             raise ValueError(f'max_version_step must be >= 1, got {self.max_version_step}')
+        if self.num_threads < 0:
+            raise ValueError(f'num_threads must be >= 0 (0 = auto), got {self.num_threads}')
         if not 0.0 <= self.overlay_alpha <= 1.0:
             raise ValueError(f'overlay_alpha must be in [0, 1], got {self.overlay_alpha}')
         if not 0.0 < self.posteriors_scale <= 1.0:
@@ -127,11 +137,13 @@ class SegmenterNode(ManagedNode):
         # replaces both at once, so a frame is always segmented by one consistent snapshot.
         self._lock = threading.Lock()
         self._input_size = self._config.input_size if self.params.resize else None
+        threads = segmenter_threads(self.params.num_threads)
         try:
             self._predictor = Predictor(
                 model,
                 device=self._device,
                 input_size=self._input_size,
+                num_threads=threads,
                 backend=self.params.backend,
             )
         except ValueError as exc:  # an unknown backend, or bf16 without the hardware
@@ -144,6 +156,7 @@ class SegmenterNode(ManagedNode):
         self.health.set('arch', self._arch)
         self.health.set('model_version', 0)
         self.health.set('backend', self._predictor.backend)
+        self.health.set('num_threads', threads)
         self._enabled = True
         self.health.set('enabled', True)
 
