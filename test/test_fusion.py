@@ -1,4 +1,7 @@
-"""Tests for tsa_ros.fusion: majority vote, posterior fusion, disagreement and suspect."""
+"""Tests for tsa_ros.fusion: majority vote, posterior fusion, the weighted, confidence and
+detection-gated votes, disagreement and suspect."""
+
+import hashlib
 
 import numpy as np
 import pytest
@@ -10,18 +13,22 @@ from hypothesis.extra import numpy as hnp
 from tsa_ros.data.labels import CLASS_NAMES, TRAIN_COLORS, legend
 from tsa_ros.fusion import (
     DISAGREEMENT_COLORS,
+    MODES,
     FusionConfig,
     FusionResult,
     SizeMismatchError,
     colorize_disagreement,
+    confidence_vote,
     disagreement,
     disagreement_map,
     fuse,
     fuse_roles,
+    gated_fusion,
     majority_vote,
     posterior_fusion,
     posterior_fusion_labels,
     suspect,
+    weighted_vote,
 )
 
 IGN = 255
@@ -490,3 +497,312 @@ def test_blocked_posterior_labels_equal_the_argmax_of_the_fused_map(dtype, monke
         np.testing.assert_array_equal(
             posterior_fusion_labels(list(post), weights=weights), expected
         )
+
+
+# --------------------------------------------------------------------------- old modes frozen
+def _old_modes_digest():
+    """sha256 over fuse()'s output in the modes 'majority' and 'posterior' with every tie
+    rule, on seeded random frames (K = 1..5, ignore votes, (H, W) and (N, H, W))."""
+    digest = hashlib.sha256()
+    rng = np.random.default_rng(2024)
+    for trial in range(24):
+        k = int(rng.integers(1, 6))
+        c = int(rng.choice([3, 19]))
+        shape = (2, 12, 20) if trial % 2 else (12, 20)
+        lab = rng.integers(0, c, (k, *shape)).astype(np.uint8)
+        lab[rng.random(lab.shape) < 0.15] = IGN
+        post = rng.random((k, *shape[:-2], c, *shape[-2:])).astype(np.float32)
+        weights = (rng.random(k) + 0.1).tolist()
+        for mode in ('majority', 'posterior'):
+            for tie in ('teacher', 'posterior', 'ignore'):
+                cfg = FusionConfig(
+                    mode=mode, tie=tie, num_classes=c, weights=weights, suspect_threshold=0.1
+                )
+                res = fuse(list(lab), list(post), cfg)
+                digest.update(res.labels.tobytes())
+                digest.update(np.asarray(res.disagreement, np.float64).tobytes())
+                digest.update(str(res.suspect).encode())
+    return digest.hexdigest()
+
+
+def test_old_modes_are_bit_identical_to_before_the_new_rules():
+    # Computed with tsa_ros/fusion.py as it was before the weighted, confidence and gated
+    # modes were added: those must not change a single label, disagreement or suspect.
+    assert _old_modes_digest() == (
+        '8dbfb2098188553f58ad98bb3e849412d34c3db457a50ace75d43ce75ec6c17b'
+    )
+
+
+# --------------------------------------------------------------------------- weighted vote
+def _reference_strongest(labels, strength, order):
+    """Slow reference: per pixel, per-class sums of the vote strengths; the largest wins,
+    an exact tie goes to the class of the first network in ``order`` among the tied."""
+    k, npix = labels.shape
+    out = np.full(npix, IGN, np.int64)
+    for px in range(npix):
+        sums = {}
+        for j in range(k):
+            if labels[j, px] != IGN:
+                sums[labels[j, px]] = sums.get(labels[j, px], 0.0) + strength[j, px]
+        if not sums:
+            continue
+        top = max(sums.values())
+        out[px] = next(labels[j, px] for j in order if sums.get(labels[j, px]) == top)
+    return out
+
+
+def test_weighted_vote_by_hand():
+    t, s, a = _maps([0, 0, 1, 2, IGN, IGN], [1, 1, 1, 0, 1, IGN], [1, 2, 0, 1, 2, IGN])
+    w = np.array(
+        [
+            [3.0, 1.0, 1.0],  # T: strong on class 0
+            [1.0, 1.0, 1.0],
+            [1.0, 1.0, 1.0],
+        ]
+    )
+    out = weighted_vote([t, s, a], w, num_classes=3)
+    # px0: T's 0 (3) beats S + A on 1 (2); px1: 0 (3) vs 1 vs 2; px2: 1 (T 1 + S 1) vs 0 (1);
+    # px3: all differ, T's 2 (1) ties S's 0 and A's 1 -> the teacher; px4: T silent, S's 1
+    # ties A's 2 -> S (next in priority); px5: nobody votes.
+    np.testing.assert_array_equal(out, [[0, 0, 1, 2, 1, IGN]])
+    assert out.dtype == np.uint8
+    # Flat weights (the ROS parameter's form) give the same; priority moves the tie.
+    np.testing.assert_array_equal(weighted_vote([t, s, a], w.ravel(), num_classes=3), out)
+    tied = weighted_vote([t, s, a], w, priority=[2, 0, 1], num_classes=3)
+    np.testing.assert_array_equal(tied[0, 3:5], [1, 2])
+    # A zero weight still votes: it beats no vote, and ties go by priority.
+    zero = weighted_vote(_maps([2], [IGN], [IGN]), np.zeros((3, 3)), num_classes=3)
+    assert zero[0, 0] == 2
+
+
+@pytest.mark.parametrize('k', [1, 2, 3, 4])
+def test_weighted_vote_equals_the_slow_reference_and_equal_weights_the_majority(k):
+    rng = np.random.default_rng(10 + k)
+    for trial in range(10):
+        labels = rng.integers(0, 4, (k, 3, 17)).astype(np.uint8)
+        labels[rng.random(labels.shape) < 0.2] = IGN
+        weights = rng.integers(0, 3, (k, 4)).astype(float)  # integers: many exact ties
+        order = list(rng.permutation(k))
+        out = weighted_vote(labels, weights, priority=order, num_classes=4)
+        flat = labels.reshape(k, -1)
+        strength = np.where(flat != IGN, np.take_along_axis(weights, flat % 4, axis=1), 0)
+        np.testing.assert_array_equal(
+            out.reshape(-1), _reference_strongest(flat, strength, order), err_msg=f'{trial}'
+        )
+        equal = weighted_vote(labels, np.ones((k, 4)), priority=order, num_classes=4)
+        np.testing.assert_array_equal(equal, majority_vote(labels, priority=order, num_classes=4))
+
+
+# --------------------------------------------------------------------------- confidence vote
+def test_confidence_vote_by_hand():
+    t, s, a = _maps([0, 0, 0, IGN], [1, 1, 1, 1], [1, 2, 1, 2])
+    # The posterior of each network's voted class, per pixel (other classes get the rest).
+    post = [
+        _onehot_post([{0: 0.9}, {0: 0.3}, {0: 0.4}, {0: 0.9}], 3),
+        _onehot_post([{1: 0.4}, {1: 0.3}, {1: 0.2}, {1: 0.5}], 3),
+        _onehot_post([{1: 0.4}, {2: 0.3}, {1: 0.2}, {2: 0.5}], 3),
+    ]
+    out = confidence_vote([t, s, a], post, num_classes=3)
+    # px0: S + A 0.8 < T 0.9; px1: 0.3 each -> tie -> the teacher; px2: 0.4 vs 0.4 -> tie ->
+    # teacher; px3: T silent (its posterior is not read), S and A tie -> S.
+    np.testing.assert_array_equal(out, [[0, 0, 0, 1]])
+    # Weights scale the votes: with the teacher at 2, px0 and px2 stay; unweighted S + A win
+    # px2 once A is surer.
+    post[2][1, 0, 2] = 0.5
+    np.testing.assert_array_equal(confidence_vote([t, s, a], post, num_classes=3)[0, 2], 1)
+    heavy = confidence_vote([t, s, a], post, weights=[2, 1, 1], num_classes=3)
+    np.testing.assert_array_equal(heavy, [[0, 0, 0, 1]])
+
+
+def test_confidence_vote_batches_torch_and_equals_the_majority_at_equal_confidence():
+    rng = np.random.default_rng(11)
+    k, n, c, h, w = 3, 2, 5, 4, 6
+    labels = rng.integers(0, c, (k, n, h, w)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.2] = IGN
+    post = rng.random((k, n, c, h, w)).astype(np.float32)
+    out = confidence_vote(list(labels), list(post), weights=[1.5, 1, 0.5], num_classes=c)
+    # Reference: gather each voted posterior with take_along_axis, then the slow vote.
+    index = np.where(labels != IGN, labels, 0).astype(np.intp)
+    voted = np.take_along_axis(post, index[:, :, None], axis=2)[:, :, 0]
+    strength = np.where(labels != IGN, voted * np.array([1.5, 1, 0.5])[:, None, None, None], 0)
+    ref = _reference_strongest(labels.reshape(k, -1), strength.reshape(k, -1), [0, 1, 2])
+    np.testing.assert_array_equal(out.reshape(-1), ref)
+    as_torch = confidence_vote(
+        torch.from_numpy(labels), torch.from_numpy(post), weights=[1.5, 1, 0.5], num_classes=c
+    )
+    np.testing.assert_array_equal(as_torch, out)
+    uniform = np.full((k, n, c, h, w), 1 / c, np.float32)
+    np.testing.assert_array_equal(
+        confidence_vote(list(labels), list(uniform), num_classes=c),
+        majority_vote(list(labels), num_classes=c),
+    )
+
+
+# --------------------------------------------------------------------------- gated fusion
+def _triplet(teacher_flip=0.0, student_flip=0.0, agree=0.0, size=(8, 10), seed=0):
+    """T, S, A label maps: S and A copy a clean map, T agrees with them except on the
+    fraction ``agree`` of rows (a clean disagreement); a flip replaces a network's labels
+    on that fraction of rows (an attack)."""
+    rng = np.random.default_rng(seed)
+    clean = rng.integers(0, 5, size).astype(np.uint8)
+    t, s, a = clean.copy(), clean.copy(), clean.copy()
+    for net, rows in ((t, agree), (t, teacher_flip), (s, student_flip)):
+        n = round(rows * size[0])
+        net[:n] = (net[:n] + 1 + (net is s)) % 5
+    return t, s, a
+
+
+def test_gated_keeps_the_teacher_unless_flagged():
+    # A clean disagreement: the majority would follow S and A, the gate keeps T.
+    t, s, a = _triplet(agree=0.25)
+    fused, flagged = gated_fusion([t, s, a], threshold=0.3, num_classes=5)
+    assert flagged is None
+    np.testing.assert_array_equal(fused, t)
+    assert not np.array_equal(majority_vote([t, s, a], num_classes=5), t)
+    assert fused is not t and fused.dtype == np.uint8
+    # The teacher attacked: flagged, the others' majority (S on ties) replaces it.
+    t, s, a = _triplet(teacher_flip=0.5)
+    a[0, 0] = (s[0, 0] + 2) % 5  # S and A disagree on one pixel: S (next in priority)
+    fused, flagged = gated_fusion([t, s, a], threshold=0.3, num_classes=5)
+    assert flagged == 0
+    np.testing.assert_array_equal(fused, s)
+    # The student attacked: flagged, and the teacher's labels are kept.
+    t, s, a = _triplet(student_flip=0.75)
+    fused, flagged = gated_fusion([t, s, a], threshold=0.3, num_classes=5)
+    assert flagged == 1
+    np.testing.assert_array_equal(fused, t)
+    # The threshold is strict, like suspect(): T disagrees on exactly half the pixels.
+    t, s, a = _triplet(teacher_flip=0.5)
+    assert gated_fusion([t, s, a], threshold=0.5, num_classes=5)[1] is None
+
+
+def test_gated_fills_the_teachers_silent_pixels_and_handles_ties_and_few_networks():
+    t, s, a = _triplet()
+    t[0, :3] = IGN  # no teacher vote there: the others' vote
+    s[0, 1] = a[0, 1] = 4
+    s[0, 2], a[0, 2] = 1, 2  # the others tie: S, or ignore under tie='ignore'
+    fused, flagged = gated_fusion([t, s, a], threshold=0.3, num_classes=5)
+    assert flagged is None
+    np.testing.assert_array_equal(fused[0, :3], [s[0, 0], 4, 1])
+    np.testing.assert_array_equal(fused[1:], t[1:])
+    fused, _ = gated_fusion([t, s, a], threshold=0.3, tie='ignore', num_classes=5)
+    assert fused[0, 2] == IGN
+    # One network: never flagged, its labels. Two: the disagreeing second one is flagged.
+    np.testing.assert_array_equal(gated_fusion([t], threshold=0.1, num_classes=5)[0], t)
+    t2, s2, _ = _triplet(student_flip=0.5)
+    fused, flagged = gated_fusion([t2, s2], threshold=0.1, num_classes=5)
+    assert flagged == 1
+    np.testing.assert_array_equal(fused, t2)
+
+
+def test_gated_confidence_drops_the_flagged_network():
+    t, s, a = _triplet(teacher_flip=0.5)
+    c = 5
+    sure = [np.eye(c, dtype=np.float32)[m].transpose(2, 0, 1) * 0.9 + 0.02 for m in (t, s, a)]
+    fused, flagged = gated_fusion(
+        [t, s, a],
+        threshold=0.3,
+        posteriors=sure,
+        confidence=True,
+        weights=[5, 1, 1],
+        num_classes=c,
+    )
+    # The teacher is flagged: even at weight 5 its labels are out; S and A agree.
+    assert flagged == 0
+    np.testing.assert_array_equal(fused, s)
+    # Not flagged: the confidence vote of all three, where weight 5 carries the teacher.
+    fused, flagged = gated_fusion(
+        [t, s, a],
+        threshold=0.6,
+        posteriors=sure,
+        confidence=True,
+        weights=[5, 1, 1],
+        num_classes=c,
+    )
+    assert flagged is None
+    np.testing.assert_array_equal(fused, t)
+    with pytest.raises(ValueError, match='requires posteriors'):
+        gated_fusion([t, s, a], threshold=0.3, confidence=True, num_classes=c)
+    with pytest.raises(ValueError, match='per frame'):
+        gated_fusion(np.stack([t, s, a])[:, None], threshold=0.3, num_classes=c)
+
+
+def test_fuse_in_the_new_modes():
+    t, s, a = _triplet(teacher_flip=0.5)
+    c = 5
+    post = [np.eye(c, dtype=np.float32)[m].transpose(2, 0, 1) for m in (t, s, a)]
+    gated = fuse([t, s, a], cfg=FusionConfig(mode='gated', suspect_threshold=0.3, num_classes=c))
+    np.testing.assert_array_equal(gated.labels, s)
+    # The suspect is the gate's (from the majority vote); the disagreement is with the output.
+    assert gated.suspect == 0
+    np.testing.assert_allclose(gated.disagreement, [0.5, 0.0, 0.0])
+    cfg = FusionConfig(mode='gated_confidence', suspect_threshold=0.3, num_classes=c)
+    np.testing.assert_array_equal(fuse([t, s, a], post, cfg).labels, s)
+    # Without labels, the posterior-reading modes take each network's argmax.
+    np.testing.assert_array_equal(fuse(None, post, cfg).labels, s)
+    cfg = FusionConfig(mode='confidence', weights=[3, 1, 1], num_classes=c)
+    res = fuse([t, s, a], post, cfg)
+    np.testing.assert_array_equal(res.labels, t)  # 3 x 1.0 beats 1.0 + 1.0
+    assert res.suspect is None  # S and A disagree with it on half the pixels, equally
+    weights = np.ones((3, c))
+    cfg = FusionConfig(mode='weighted', class_weights=weights.ravel(), num_classes=c)
+    np.testing.assert_array_equal(fuse([t, s, a], cfg=cfg).labels, s)
+    for mode in ('gated', 'weighted'):
+        with pytest.raises(ValueError, match=f"mode='{mode}' requires labels"):
+            fuse(None, post, FusionConfig(mode=mode, class_weights=weights.ravel(), num_classes=c))
+    with pytest.raises(ValueError, match="mode='confidence' requires posteriors"):
+        fuse([t, s, a], cfg=FusionConfig(mode='confidence', num_classes=c))
+
+
+def test_new_mode_config_validation():
+    assert set(MODES) >= {'weighted', 'confidence', 'gated', 'gated_confidence'}
+    for bad, match in (
+        ({'mode': 'weighted'}, 'needs class_weights'),
+        ({'mode': 'weighted', 'class_weights': [1.0] * 20}, 'values per network'),
+        ({'class_weights': [-1.0] + [1.0] * 18}, 'non-negative'),
+        ({'class_weights': [float('nan')] * 19}, 'non-negative'),
+        ({'mode': 'gated', 'suspect_threshold': 1.5}, 'suspect_threshold'),
+    ):
+        with pytest.raises(ValueError, match=match):
+            FusionConfig(**bad)
+    cfg = FusionConfig(mode='weighted', class_weights=np.ones((2, 19)))
+    assert cfg.class_weights == (1.0,) * 38
+    t, s = _maps([0, 1], [1, 0])
+    with pytest.raises(ValueError, match='2 networks x 19 classes = 38 values, got 19'):
+        weighted_vote([t, s], [1.0] * 19)
+    with pytest.raises(ValueError, match='posteriors must be 2 maps'):
+        confidence_vote([t, s], [np.zeros((3, 1, 2), np.float32)] * 2)
+    with pytest.raises(ValueError, match='one weight per network'):
+        confidence_vote([t, s], [np.zeros((19, 1, 2), np.float32)] * 2, weights=[1.0])
+
+
+def test_fuse_roles_in_the_new_modes():
+    labels = {'teacher': np.zeros((4, 4), np.uint8), 'adaptive': np.ones((4, 4), np.uint8)}
+    # Class weights per role: rows of the absent student drop out.
+    rows = np.array([[1.0, 0.5, 0.1], [9.0, 9.0, 9.0], [0.2, 2.0, 0.1]])
+    cfg = FusionConfig(mode='weighted', class_weights=rows.ravel(), num_classes=3)
+    out = fuse_roles(ROLES, labels, None, cfg)
+    assert out.config.class_weights == tuple(rows[[0, 2]].ravel())
+    np.testing.assert_array_equal(out.result.labels, np.ones((4, 4)))  # A's 2.0 > T's 1.0
+    with pytest.raises(ValueError, match='class_weights for 3 roles'):
+        fuse_roles(
+            ROLES,
+            labels,
+            None,
+            FusionConfig(mode='weighted', class_weights=[1.0] * 6, num_classes=3),
+        )
+    # Confidence weights follow the present roles, posteriors are resampled.
+    probs = {r: _onehot(lab, scale=2) for r, lab in labels.items()}
+    cfg = FusionConfig(mode='confidence', weights=(1.0, 5.0, 3.0), num_classes=3)
+    out = fuse_roles(ROLES, labels, probs, cfg)
+    assert out.config.weights == (1.0, 3.0)
+    np.testing.assert_array_equal(out.result.labels, np.ones((4, 4)))
+    # gated_confidence without a role's posteriors: the label-only gate, teacher's labels.
+    cfg = FusionConfig(mode='gated_confidence', weights=(1.0, 5.0, 3.0), num_classes=3)
+    out = fuse_roles(ROLES, labels, {'teacher': probs['teacher'], 'adaptive': None}, cfg)
+    assert (out.config.mode, out.config.weights) == ('gated', None)
+    assert out.lacking_posteriors == ('adaptive',)
+    np.testing.assert_array_equal(out.result.labels, labels['teacher'])
+    # The confidence vote without posteriors falls back to the majority vote.
+    cfg = FusionConfig(mode='confidence', num_classes=3)
+    assert fuse_roles(ROLES, labels, None, cfg).config.mode == 'majority'

@@ -660,6 +660,28 @@ def _add_experiment_command(sub: argparse._SubParsersAction) -> None:
     q.add_argument('--quiet', action='store_true', help='no progress lines')
     q.set_defaults(func=study.main_from_args)
 
+    from tsa_ros.experiments import detection
+
+    q = which.add_parser(
+        'detection', help='frame-level detection of an attacked network: ROC, AUROC, suspects'
+    )
+    q.add_argument('--data', required=True, help='data root (Cityscapes layout)')
+    for role, who in (('teacher', 'T'), ('student', 'S'), ('adaptive', 'A')):
+        q.add_argument(f'--{role}', required=True, help=f'checkpoint of {who}')
+    q.add_argument('--out', required=True, help='output folder (AE sets cached in OUT/ae)')
+    q.add_argument('--split', default='minitest', help='split the numbers are reported on')
+    q.add_argument(
+        '--threshold-split', default='minival', help='split that sets thresholds, picks the rule'
+    )
+    q.add_argument(
+        '--epsilon', type=float, nargs='+', default=[1.0, 10.0], help='attack strengths'
+    )
+    q.add_argument('--fpr', type=float, default=0.05, help='target false-positive rate')
+    q.add_argument('--batch-size', type=int, default=4)
+    q.add_argument('--device', default='auto', help='cpu, cuda, cuda:N or auto')
+    q.add_argument('--quiet', action='store_true', help='no progress lines')
+    q.set_defaults(func=detection.main_from_args)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(

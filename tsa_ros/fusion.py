@@ -10,6 +10,16 @@ this to future work. This module implements both options, vectorised over pixels
   or left undecided (``ignore_index``).
 * :func:`posterior_fusion` / :func:`posterior_fusion_labels` -- weighted mean of the
   softmax posteriors, then argmax.
+* :func:`weighted_vote` -- every vote counts a per-network, per-class weight (e.g. the
+  network's IoU of that class on mini-val); the class with the largest summed weight wins.
+* :func:`confidence_vote` -- every vote counts the network's weight times its posterior
+  ``y_{i,s}`` (eq. 1) of the class it votes for: a network unsure at a pixel, as the
+  least-likely attack (eqs. 7-10) leaves the attacked one, counts less there.
+* :func:`gated_fusion` -- detection-gated: the lead network's (the teacher's) labels, or a
+  confidence vote led by it, unless :func:`suspect` flags that network; then the others
+  are fused without it. The teacher is the most accurate network, and a vote that lets
+  two weaker students overrule it loses clean accuracy; the gate gives the teacher's
+  accuracy on clean frames and drops it only when it looks attacked.
 
 On top, :func:`disagreement` and :func:`suspect` point at the network that disagrees most
 with the fused result. This is an attack-detection *hint* that goes beyond the paper: the
@@ -41,11 +51,23 @@ __all__ = [
     'posterior_fusion',
     'posterior_fusion_labels',
     'suspect',
+    'class_weight_matrix',
+    'confidence_vote',
+    'gated_fusion',
+    'weighted_vote',
 ]
 
 TIE_RULES = ('teacher', 'posterior', 'ignore')
 _FUSION_BLOCK = 1 << 16  # pixels per block of posterior_fusion_labels (256 kB of float32)
-MODES = ('majority', 'posterior')
+MODES = ('majority', 'posterior', 'weighted', 'confidence', 'gated', 'gated_confidence')
+#: Modes that read posteriors, each with the label-only mode fuse_roles falls back to.
+POSTERIOR_FALLBACK = {
+    'posterior': 'majority',
+    'confidence': 'majority',
+    'gated_confidence': 'gated',
+}
+#: Modes whose per-network ``weights`` apply (indexed like the networks / roles).
+WEIGHTED_MODES = ('posterior', 'confidence', 'gated_confidence')
 
 
 def _stack(maps: Any, what: str) -> np.ndarray:
@@ -124,6 +146,16 @@ def _weighted_sum(items: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
     return out
 
 
+def _priority_order(priority: Optional[Sequence[int]], k: int) -> list[int]:
+    """Network indices, most trusted first; default ``0, 1, ..., K-1`` (the teacher first)."""
+    if priority is None:
+        return list(range(k))
+    order = [int(i) for i in priority]
+    if sorted(order) != list(range(k)):
+        raise ValueError(f'priority must be a permutation of range({k}), got {priority}')
+    return order
+
+
 def majority_vote(
     labels: Any,
     *,
@@ -162,12 +194,7 @@ def majority_vote(
     k = lab.shape[0]
     shape = lab.shape[1:]
 
-    if priority is None:
-        order = list(range(k))
-    else:
-        order = [int(i) for i in priority]
-        if sorted(order) != list(range(k)):
-            raise ValueError(f'priority must be a permutation of range({k}), got {priority}')
+    order = _priority_order(priority, k)
 
     post = None
     if tie == 'posterior':
@@ -345,6 +372,274 @@ def posterior_fusion_labels(
     return labels.reshape(plane)
 
 
+def _strongest_vote(
+    flat: np.ndarray, strength: np.ndarray, valid: np.ndarray, order: list[int]
+) -> np.ndarray:
+    """Per pixel, the class whose votes have the largest summed strength.
+
+    Args:
+        flat: ``(K, P)`` labels, ``ignore_index`` where a network casts no vote.
+        strength: ``(K, P)`` float32 strength of each vote: non-negative, 0 at non-votes.
+        valid: ``(K, P)``, which labels are votes.
+        order: network indices, most trusted first.
+
+    Every voter of a class gets the total of that class, summed over the networks in index
+    order, so the voters of one class hold bit-identical totals (adding 0.0 is exact) and an
+    exact tie between two classes is a real one: it goes to the class of the most trusted
+    voter, as ``tie='teacher'`` does. A non-vote scores -1, below any vote, so a pixel
+    without votes keeps the first network's label, ``ignore_index``. About K^2 elementwise
+    passes and no per-class array (a few ms for K = 3 on a 1024x512 frame).
+    """
+    k = flat.shape[0]
+    same = {}  # label equality of each pair of networks, computed once
+    totals = []
+    for j in range(k):
+        total = None
+        for m in range(k):
+            if m == j:
+                term = strength[m]
+            else:
+                key = (min(j, m), max(j, m))
+                if key not in same:
+                    same[key] = flat[j] == flat[m]
+                term = same[key] * strength[m]
+            if total is None:
+                total = term.copy() if m == j else term  # never write into ``strength``
+            else:
+                total += term
+        if not valid[j].all():
+            total -= ~valid[j]  # non-votes to -1 (strengths are >= 0)
+        totals.append(total)
+    first = order[0]
+    out, best = flat[first].copy(), totals[first]
+    for j in order[1:]:  # most trusted first: a later class wins only when strictly stronger
+        better = totals[j] > best
+        best = np.maximum(best, totals[j])
+        out = np.where(better, flat[j], out)
+    return out
+
+
+def _vote_weights(weights: Any, k: int, what: str) -> np.ndarray:
+    """Non-negative finite weights of shape ``(K,)`` (not normalised: only ratios matter)."""
+    if weights is None:
+        return np.ones(k)
+    w = np.asarray(as_numpy(weights), dtype=np.float64).reshape(-1)
+    if w.shape != (k,):
+        raise ValueError(f'{what}: need one weight per network ({k}), got {w.size}')
+    if not np.all(np.isfinite(w)) or (w < 0).any():
+        raise ValueError(f'{what}: weights must be finite and non-negative, got {w.tolist()}')
+    return w
+
+
+def class_weight_matrix(class_weights: Any, k: int, num_classes: int) -> np.ndarray:
+    """Per-network, per-class weights as a ``(K, C)`` float64 array.
+
+    ``class_weights`` is ``(K, C)`` or flat ``K * C`` values, network by network (the form of
+    the ROS parameter ``fusion.class_weights``). Raises ValueError on another size, a negative
+    or a non-finite value.
+    """
+    w = np.asarray(as_numpy(class_weights), dtype=np.float64)
+    if w.size != k * num_classes:
+        raise ValueError(
+            f'class_weights: need {k} networks x {num_classes} classes = '
+            f'{k * num_classes} values, got {w.size}'
+        )
+    w = w.reshape(k, num_classes)
+    if not np.all(np.isfinite(w)) or (w < 0).any():
+        raise ValueError('class_weights must be finite and non-negative')
+    return w
+
+
+def weighted_vote(
+    labels: Any,
+    class_weights: Any,
+    *,
+    priority: Optional[Sequence[int]] = None,
+    num_classes: int = 19,
+    ignore_index: int = 255,
+) -> np.ndarray:
+    """Per-pixel vote where network j's vote for class s counts ``class_weights[j, s]``.
+
+    With each network's per-class IoU (eq. 11) on mini-val as weights, a network counts
+    more for the classes it segments well. Such weights favour the large, easy classes that
+    every network gets right and can lower the mIoU, which averages over classes (on the
+    demo networks they do: ``tsa experiment detection``). The class with the largest summed
+    weight wins; exact ties go to the class voted by the most trusted network (``priority``,
+    default the teacher first), so equal weights give :func:`majority_vote` with
+    ``tie='teacher'``. A vote of weight 0 still beats no vote; pixels where nobody votes are
+    ``ignore_index``.
+
+    Args:
+        labels: K label maps ``(H, W)`` or ``(N, H, W)`` (or stacked ``(K, ...)``).
+        class_weights: ``(K, C)`` or flat ``K * C`` non-negative weights.
+        priority: network indices, most trusted first.
+        num_classes: number of classes C.
+        ignore_index: label for "no decision".
+
+    Returns:
+        uint8 label map of the per-network shape.
+    """
+    _check_label_space(num_classes, ignore_index)
+    lab = _stack_labels(labels, num_classes, ignore_index)
+    k, shape = lab.shape[0], lab.shape[1:]
+    order = _priority_order(priority, k)
+    w = class_weight_matrix(class_weights, k, num_classes)
+    # A 256-entry table per network, 0 beyond the classes (so at ignore_index): the uint8
+    # (or validated int64) labels index it directly.
+    table = np.zeros((k, 256), dtype=np.float32)
+    table[:, :num_classes] = w
+    flat = lab.reshape(k, -1)
+    strength = np.stack([np.take(table[j], flat[j]) for j in range(k)])
+    out = _strongest_vote(flat, strength, flat != ignore_index, order)
+    return out.reshape(shape).astype(np.uint8, copy=False)
+
+
+def confidence_vote(
+    labels: Any,
+    posteriors: Any,
+    *,
+    weights: Optional[Sequence[float]] = None,
+    priority: Optional[Sequence[int]] = None,
+    num_classes: int = 19,
+    ignore_index: int = 255,
+) -> np.ndarray:
+    """Per-pixel vote where network j's vote counts ``w_j * y_{i,s_j}`` (eq. 1).
+
+    ``y_{i,s_j}`` is network j's softmax posterior, at pixel i, of the class ``s_j`` it
+    votes for: its confidence there. A network pushed off its clean class by an attack
+    (eqs. 7-10) is less sure at the pixels it gets wrong, so it counts less exactly there,
+    and ``w_j`` (e.g. 2 for the teacher) keeps the most accurate network ahead on clean
+    frames, where two weaker students agreeing would otherwise overrule it. Unlike
+    :func:`posterior_fusion`, only the voted class of each network scores: a network's
+    probability mass on other classes does not pull the result. The class with the largest
+    summed strength wins; exact ties go to the most trusted voter (``priority``).
+
+    Args:
+        labels: K label maps ``(H, W)`` / ``(N, H, W)``; ``ignore_index`` casts no vote.
+        posteriors: K softmax maps ``(C, H, W)`` / ``(N, C, H, W)`` at the labels' size.
+        weights: K non-negative network weights ``w_j`` (default equal); only ratios matter.
+        priority: network indices, most trusted first (default the teacher first).
+        num_classes: number of classes C.
+        ignore_index: label for "no decision".
+
+    Returns:
+        uint8 label map of the per-network shape.
+    """
+    _check_label_space(num_classes, ignore_index)
+    lab = _stack_labels(labels, num_classes, ignore_index)
+    k, shape = lab.shape[0], lab.shape[1:]
+    order = _priority_order(priority, k)
+    w = _vote_weights(weights, k, 'confidence_vote')
+    post = _posterior_list(posteriors)
+    expected = shape[:-2] + (num_classes,) + shape[-2:]
+    if len(post) != k or post[0].shape != expected:
+        raise ValueError(
+            f'posteriors must be {k} maps of shape {expected} ([N,] C, H, W), '
+            f'got {len(post)} of shape {post[0].shape}'
+        )
+    flat = lab.reshape(k, -1)
+    valid = flat != ignore_index
+    npix = flat.shape[1]
+    plane = npix // max(1, int(np.prod(shape[:-2], dtype=np.int64)))  # H * W
+    pixel = np.arange(npix, dtype=np.intp)
+    # Flat index of y[n, s_j, h, w] in a C-contiguous ([N,] C, H, W) map: one 1-D take
+    # (np.take_along_axis builds index grids for every axis and is ~2x slower).
+    frame = (pixel // plane) * (num_classes * plane) + pixel % plane if len(shape) == 3 else pixel
+    strength = np.empty((k, npix), dtype=np.float32)
+    for j in range(k):
+        index = np.where(valid[j], flat[j], 0).astype(np.intp)  # in range; masked below
+        index *= plane
+        index += frame
+        voted = np.take(np.ascontiguousarray(post[j]).reshape(-1), index)
+        np.multiply(voted, w[j], out=strength[j], casting='unsafe')
+        strength[j] *= valid[j]  # a non-vote has no strength
+    out = _strongest_vote(flat, strength, valid, order)
+    return out.reshape(shape).astype(np.uint8, copy=False)
+
+
+def gated_fusion(
+    labels: Any,
+    *,
+    threshold: float,
+    posteriors: Any = None,
+    confidence: bool = False,
+    weights: Optional[Sequence[float]] = None,
+    tie: str = 'teacher',
+    num_classes: int = 19,
+    ignore_index: int = 255,
+) -> tuple[np.ndarray, Optional[int]]:
+    """Detection-gated fusion: keep the lead network unless the detector flags it.
+
+    The detector is the fusion node's: :func:`suspect` on each network's
+    :func:`disagreement` with the majority vote (``tie``), flagging the unique largest one
+    above ``threshold``. Network 0 leads (the teacher, the most accurate network). Then:
+
+    * ``confidence=False`` (mode ``gated``): the lead's labels, unless the lead is flagged;
+      then the majority vote of the others (``tie`` among them, next in order first).
+      Where the lead casts no vote (``ignore_index``), the others' vote fills in.
+    * ``confidence=True`` (mode ``gated_confidence``): :func:`confidence_vote` (``weights``,
+      lead first) over every network the detector does not flag.
+
+    Why: a vote lets two weaker students overrule the teacher and so loses clean accuracy,
+    but the teacher alone falls with an attack on it. Gating keeps the teacher's labels on
+    frames where nothing looks wrong, and an attack on the teacher that makes it disagree
+    with the other two (as the least-likely attack at ε = 10 does on every demo frame) drops
+    it. An attack on a student leaves the teacher's labels untouched.
+
+    Args:
+        labels: K label maps ``(H, W)`` of one frame (the gate decides per frame).
+        threshold: disagreement above which :func:`suspect` flags a network.
+        posteriors: K ``(C, H, W)`` maps; needed by ``confidence`` or ``tie='posterior'``.
+        confidence: fuse with :func:`confidence_vote` instead (see above).
+        weights: K network weights of the confidence vote (default equal).
+        tie: tie rule of the majority votes (detector reference and fallback).
+        num_classes, ignore_index: the label space.
+
+    Returns:
+        ``(fused uint8 labels, index of the flagged network or None)``.
+    """
+    if tie not in TIE_RULES:
+        raise ValueError(f'tie must be one of {TIE_RULES}, got {tie!r}')
+    _check_label_space(num_classes, ignore_index)
+    lab = _stack_labels(labels, num_classes, ignore_index)
+    if lab.ndim != 3:
+        raise ValueError(
+            f'gated fusion decides per frame: labels must be (K, H, W), got {lab.shape}'
+        )
+    k = lab.shape[0]
+    post = None if posteriors is None else _posterior_list(posteriors)
+    if confidence and post is None:
+        raise ValueError('gated fusion with confidence=True requires posteriors')
+    if post is not None and len(post) != k:
+        raise ValueError(f'posteriors: need {k} maps, got {len(post)}')
+    w = _vote_weights(weights, k, 'gated_fusion')
+    space = {'num_classes': num_classes, 'ignore_index': ignore_index}
+    reference = majority_vote(
+        lab, tie=tie, posteriors=post if tie == 'posterior' else None, **space
+    )
+    flagged = suspect(disagreement(lab, reference, ignore_index=ignore_index), threshold=threshold)
+    keep = [j for j in range(k) if j != flagged]
+
+    def others_vote(rest: list[int]) -> np.ndarray:
+        return majority_vote(
+            lab[rest],
+            tie=tie,
+            posteriors=[post[j] for j in rest] if tie == 'posterior' else None,
+            **space,
+        )
+
+    if confidence:
+        fused = confidence_vote(lab[keep], [post[j] for j in keep], weights=w[keep], **space)
+    elif flagged == 0:
+        fused = others_vote(keep)
+    else:
+        fused = lab[0].astype(np.uint8)  # a copy: the caller's map is never written
+        hole = fused == ignore_index
+        if k > 1 and hole.any():
+            fused[hole] = others_vote(list(range(1, k)))[hole]
+    return fused, flagged
+
+
 def disagreement(labels: Any, fused: Any, *, ignore_index: int = 255) -> np.ndarray:
     """Per network, the fraction of pixels where its label differs from the fused label.
 
@@ -437,12 +732,23 @@ class FusionConfig:
     """Settings for :func:`fuse`.
 
     Attributes:
-        mode: ``'majority'`` (label vote) or ``'posterior'`` (weighted posterior mean).
-        tie: tie rule of :func:`majority_vote` (``'teacher'``, ``'posterior'``, ``'ignore'``).
-        weights: per-network weights, used by ``mode='posterior'`` only.
-        suspect_threshold: disagreement above which :func:`suspect` flags a network.
+        mode: ``'majority'`` (label vote), ``'posterior'`` (weighted posterior mean),
+            ``'weighted'`` (vote weighted per network and class by class_weights),
+            ``'confidence'`` (vote weighted by the network weight times its posterior of the
+            voted class), ``'gated'`` (the teacher's labels unless the suspect rule flags the
+            teacher, then the majority vote of the others) or ``'gated_confidence'``
+            (confidence vote of the networks the suspect rule does not flag).
+        tie: tie rule of :func:`majority_vote` (``'teacher'``, ``'posterior'``, ``'ignore'``);
+            in the gated modes that of the detector's reference vote and of the fallback.
+        weights: per-network weights, in roles order, of modes ``'posterior'``,
+            ``'confidence'`` and ``'gated_confidence'``; unset = equal.
+        suspect_threshold: disagreement above which :func:`suspect` flags a network; in the
+            gated modes also the gate.
         num_classes: number of classes C.
         ignore_index: label for ignored / undecided pixels.
+        class_weights: per-network, per-class vote weights of mode ``'weighted'``:
+            num_classes values per network, network by network in roles order (e.g. the
+            per-class mini-val IoU that ``tsa experiment detection`` writes).
     """
 
     mode: str = 'majority'
@@ -451,6 +757,7 @@ class FusionConfig:
     suspect_threshold: float = 0.2
     num_classes: int = 19
     ignore_index: int = 255
+    class_weights: Optional[Sequence[float]] = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -464,11 +771,30 @@ class FusionConfig:
             self.weights = tuple(float(w) for w in self.weights)
             # Validate sign / finiteness now; the length is checked against K in fuse().
             _normalised_weights(self.weights, len(self.weights))
+        if self.class_weights is not None:
+            self.class_weights = tuple(float(w) for w in np.ravel(self.class_weights))
+            n = len(self.class_weights)
+            if n == 0 or n % self.num_classes:
+                raise ValueError(
+                    f'class_weights must hold num_classes ({self.num_classes}) values per '
+                    f'network, got {n}'
+                )
+            class_weight_matrix(self.class_weights, n // self.num_classes, self.num_classes)
+        elif self.mode == 'weighted':
+            raise ValueError(
+                "mode 'weighted' needs class_weights (num_classes values per network)"
+            )
 
 
 @dataclass(frozen=True)
 class FusionResult:
-    """Output of :func:`fuse`: fused labels, per-network disagreement and suspect index."""
+    """Output of :func:`fuse`: fused labels, per-network disagreement and suspect index.
+
+    ``disagreement`` is always with the fused ``labels``. ``suspect`` is :func:`suspect` of
+    it, except in the gated modes, where it is the gate's decision: :func:`suspect` of the
+    disagreement with the majority vote (the fused labels follow the unflagged networks,
+    so the disagreement with them would no longer point at the attacked one).
+    """
 
     labels: np.ndarray
     disagreement: np.ndarray
@@ -480,32 +806,44 @@ def fuse(
 ) -> FusionResult:
     """Fuse K network outputs according to ``cfg`` and flag the most deviant network.
 
-    ``mode='majority'`` needs ``labels`` (and ``posteriors`` for ``tie='posterior'``).
-    ``mode='posterior'`` needs ``posteriors``; per-network labels for the disagreement are
-    taken from ``labels`` if given, else from the argmax of each posterior.
+    Every mode but ``'posterior'`` needs ``labels``; ``'posterior'``, ``'confidence'`` and
+    ``'gated_confidence'`` (and ``tie='posterior'``) need ``posteriors`` at the labels' size.
+    Without ``labels``, the posterior-reading modes take each network's argmax. The gated
+    modes decide per frame: labels ``(K, H, W)``.
     """
     cfg = FusionConfig() if cfg is None else cfg
-    if cfg.mode == 'majority':
-        if labels is None:
-            raise ValueError("mode='majority' requires labels")
-        fused = majority_vote(
-            labels,
-            tie=cfg.tie,
-            posteriors=posteriors,
-            num_classes=cfg.num_classes,
-            ignore_index=cfg.ignore_index,
-        )
-    else:
+    space = {'num_classes': cfg.num_classes, 'ignore_index': cfg.ignore_index}
+    if cfg.mode in POSTERIOR_FALLBACK:
         if posteriors is None:
-            raise ValueError("mode='posterior' requires posteriors")
-        post = _posterior_list(posteriors)
-        fused = posterior_fusion_labels(post, weights=cfg.weights)
+            raise ValueError(f'mode={cfg.mode!r} requires posteriors')
+        posteriors = _posterior_list(posteriors)
         if labels is None:
-            labels = [p.argmax(axis=-3).astype(np.uint8) for p in post]
+            labels = [p.argmax(axis=-3).astype(np.uint8) for p in posteriors]
+    elif labels is None:
+        raise ValueError(f'mode={cfg.mode!r} requires labels')
+    flagged = None
+    if cfg.mode == 'majority':
+        fused = majority_vote(labels, tie=cfg.tie, posteriors=posteriors, **space)
+    elif cfg.mode == 'posterior':
+        fused = posterior_fusion_labels(posteriors, weights=cfg.weights)
+    elif cfg.mode == 'weighted':
+        fused = weighted_vote(labels, cfg.class_weights, **space)
+    elif cfg.mode == 'confidence':
+        fused = confidence_vote(labels, posteriors, weights=cfg.weights, **space)
+    else:
+        fused, flagged = gated_fusion(
+            labels,
+            threshold=cfg.suspect_threshold,
+            posteriors=posteriors,
+            confidence=cfg.mode == 'gated_confidence',
+            weights=cfg.weights,
+            tie=cfg.tie,
+            **space,
+        )
     dis = disagreement(labels, fused, ignore_index=cfg.ignore_index)
-    return FusionResult(
-        labels=fused, disagreement=dis, suspect=suspect(dis, threshold=cfg.suspect_threshold)
-    )
+    if cfg.mode not in ('gated', 'gated_confidence'):
+        flagged = suspect(dis, threshold=cfg.suspect_threshold)
+    return FusionResult(labels=fused, disagreement=dis, suspect=flagged)
 
 
 class SizeMismatchError(ValueError):
@@ -546,18 +884,20 @@ def fuse_roles(
 
     Args:
         priority: every configured role, highest priority first (the first breaks ties
-            under ``tie='teacher'``); ``cfg.weights`` is indexed like it.
+            under ``tie='teacher'`` and leads the gated modes); ``cfg.weights`` and the
+            rows of ``cfg.class_weights`` are indexed like it.
         labels: role -> ``(H, W)`` label map, for the roles that delivered (a subset).
         posteriors: role -> ``(C, h, w)`` posteriors or ``None``, when the fusion needs them;
             they are resampled to the label size.
         cfg: the configured fusion.
 
-    A role without posteriors turns a posterior fusion (or the posterior tie rule) into a
-    majority vote with the ``'teacher'`` tie rule for this frame: a fused mask for every
-    frame is worth more downstream than strictness about the mode. Weights of absent roles
-    drop out. Raises :class:`SizeMismatchError` when the label maps differ in size and
-    ``ValueError`` when no role is present, a role is unknown or a label is outside the
-    label space.
+    A role without posteriors turns a posterior fusion or a confidence vote (or the posterior
+    tie rule) into a majority vote with the ``'teacher'`` tie rule for this frame, and
+    ``'gated_confidence'`` into ``'gated'`` (:data:`POSTERIOR_FALLBACK`): a fused mask for
+    every frame is worth more downstream than strictness about the mode. Weights (and class
+    weights) of absent roles drop out; in the gated modes the first present role leads.
+    Raises :class:`SizeMismatchError` when the label maps differ in size and ``ValueError``
+    when no role is present, a role is unknown or a label is outside the label space.
     """
     unknown = sorted(set(labels) - set(priority))
     if unknown:
@@ -575,18 +915,29 @@ def fuse_roles(
 
     lacking: tuple[str, ...] = ()
     probs = None
-    if cfg.mode == 'posterior' or cfg.tie == 'posterior':
+    if cfg.mode in POSTERIOR_FALLBACK or cfg.tie == 'posterior':
         given = posteriors or {}
         lacking = tuple(r for r in roles if given.get(r) is None)
         if lacking:
             tie = 'teacher' if cfg.tie == 'posterior' else cfg.tie
-            cfg = replace(cfg, mode='majority', tie=tie, weights=None)
+            mode = POSTERIOR_FALLBACK.get(cfg.mode, cfg.mode)  # e.g. gated_confidence: gated
+            cfg = replace(cfg, mode=mode, tie=tie, weights=None)
         else:
             probs = [resize_posteriors(np.asarray(given[r], np.float32), size) for r in roles]
-    if cfg.mode == 'posterior' and cfg.weights is not None:
+    index = [list(priority).index(r) for r in roles]
+    if cfg.mode in WEIGHTED_MODES and cfg.weights is not None:
         if len(cfg.weights) != len(priority):
             raise ValueError(
                 f'{len(cfg.weights)} fusion weights for {len(priority)} roles {list(priority)}'
             )
-        cfg = replace(cfg, weights=tuple(cfg.weights[list(priority).index(r)] for r in roles))
+        cfg = replace(cfg, weights=tuple(cfg.weights[i] for i in index))
+    if cfg.mode == 'weighted':
+        expected = len(priority) * cfg.num_classes
+        if len(cfg.class_weights) != expected:
+            raise ValueError(
+                f'{len(cfg.class_weights)} fusion class_weights for {len(priority)} roles '
+                f'{list(priority)} x {cfg.num_classes} classes (need {expected})'
+            )
+        rows = np.asarray(cfg.class_weights).reshape(len(priority), cfg.num_classes)
+        cfg = replace(cfg, class_weights=tuple(rows[index].ravel().tolist()))
     return RoleFusion(fuse(maps, probs, cfg), roles, cfg, lacking)

@@ -361,3 +361,118 @@ def test_fusion_reads_the_camera_only_for_a_viewer_and_keeps_few_frames(ros):
     viewer.destroy_subscription(sub)
     assert ros.wait_for(lambda: camera.get_subscription_count() == 0, timeout=20)
     assert ros.wait_for(lambda: not node._frames, timeout=5), 'frames kept without a viewer'
+
+
+# --------------------------------------------------------------------------- other modes
+def test_gated_mode_keeps_the_teacher_unless_it_is_the_suspect(ros):
+    node = make_fusion(
+        ros, **{'timeout_s': 5.0, 'fusion.mode': 'gated', 'fusion.suspect_threshold': 0.3}
+    )
+    probe = Probe(ros)
+    rng = np.random.default_rng(6)
+    teacher = rng.integers(0, C, (H, W), dtype=np.uint8)
+    others = teacher.copy()
+    others[: H // 4] = (teacher[: H // 4] + 1) % C  # S and A agree against T on a quarter
+    frames = {
+        # Clean-like: the majority vote would follow S and A there; the gate keeps T
+        # (T's disagreement with the vote, 0.25, is under the threshold).
+        'clean': ({'teacher': teacher, 'student': others, 'adaptive': others.copy()}, teacher),
+        # T attacked: wrong everywhere, flagged, the others' majority replaces it.
+        'T': ({'teacher': (others + 2) % C, 'student': others, 'adaptive': others.copy()}, others),
+        # S attacked: flagged, but the teacher's labels were never in doubt.
+        'S': ({'teacher': teacher, 'student': (teacher + 3) % C, 'adaptive': teacher}, teacher),
+    }
+    stamps = {probe.send(i, labels): name for i, (name, (labels, _)) in enumerate(frames.items())}
+    assert ros.wait_for(lambda: len(probe.fused) >= 3, timeout=10)
+    suspects = {'clean': '', 'T': 'teacher', 'S': 'student'}
+    for sec, msg in probe.by_stamp().items():
+        name = stamps[sec]
+        labels, expected = frames[name]
+        assert msg.fusion_mode == 'gated'
+        np.testing.assert_array_equal(decoded(msg.labels), expected)
+        assert msg.suspected_role == suspects[name], name
+        # The disagreement is the one with the published mask.
+        maps = [labels[r] for r in ROLES]
+        np.testing.assert_allclose(msg.disagreement, fusion.disagreement(maps, expected))
+    assert not np.array_equal(fusion.majority_vote(list(frames['clean'][0].values())), teacher)
+    assert node.health.counters['suspected.teacher'] == 1
+    assert node.health.counters['suspected.student'] == 1
+
+
+def _confident(labels, confidence):
+    """(C, H, W) float32 posteriors: ``confidence`` on ``labels``, the rest spread evenly."""
+    conf = np.broadcast_to(np.asarray(confidence, np.float32), labels.shape)
+    probs = np.broadcast_to(((1 - conf) / (C - 1))[None], (C, H, W)).copy()
+    np.put_along_axis(probs, labels[None].astype(np.intp), conf[None], axis=0)
+    return probs
+
+
+def test_gated_confidence_mode_weighs_the_votes_and_falls_back_to_gated(ros):
+    weights = [2.0, 1.0, 1.0]
+    cfg = {
+        'timeout_s': 5.0,
+        'fusion.mode': 'gated_confidence',
+        'fusion.weights': weights,
+        'fusion.suspect_threshold': 0.6,
+    }
+    node = make_fusion(ros, **cfg)
+    probe = Probe(ros)
+    rng = np.random.default_rng(7)
+    teacher = rng.integers(0, C, (H, W), dtype=np.uint8)
+    others = teacher.copy()
+    others[: H // 2] = (teacher[: H // 2] + 1) % C  # S and A against T on the top half
+    labels = {'teacher': teacher, 'student': others, 'adaptive': others.copy()}
+    # T is unsure (0.3) on the top quarter, sure (0.9) elsewhere; S and A say 0.5 throughout:
+    # 2 * 0.3 < 0.5 + 0.5 < 2 * 0.9, so S and A win the top quarter and T the second one.
+    t_conf = np.full((H, W), 0.9, np.float32)
+    t_conf[: H // 4] = 0.3
+    probs = {
+        'teacher': _confident(teacher, t_conf),
+        'student': _confident(others, 0.5),
+        'adaptive': _confident(others, 0.5),
+    }
+    expected = teacher.copy()
+    expected[: H // 4] = others[: H // 4]
+    ok_sec = probe.send(0, labels, posteriors=probs)
+    fallback_sec = probe.send(1, labels, posteriors={'teacher': probs['teacher']})
+
+    assert ros.wait_for(lambda: len(probe.fused) >= 2, timeout=10)
+    fused = probe.by_stamp()
+    assert fused[ok_sec].fusion_mode == 'gated_confidence'
+    np.testing.assert_array_equal(decoded(fused[ok_sec].labels), expected)
+    # The same numbers as the core, fed with the posteriors as the messages carry them.
+    sent = {r: p.astype(np.float16).astype(np.float32) for r, p in probs.items()}
+    core = fusion.fuse_roles(ROLES, labels, sent, node.config)
+    np.testing.assert_array_equal(decoded(fused[ok_sec].labels), core.result.labels)
+    # The student sent no posteriors: the label-only gate, i.e. the teacher's labels.
+    assert fused[fallback_sec].fusion_mode == 'gated'
+    np.testing.assert_array_equal(decoded(fused[fallback_sec].labels), teacher)
+    assert node.health.counters['fallback.no_posteriors'] == 1
+
+
+def test_weighted_mode_reads_per_class_weights_per_role(ros):
+    # The teacher counts 3 for classes 0-9 and 0.5 for the others, the students 1 each.
+    weights = np.ones((len(ROLES), C))
+    weights[0, :10], weights[0, 10:] = 3.0, 0.5
+    node = make_fusion(
+        ros,
+        **{
+            'timeout_s': 5.0,
+            'fusion.mode': 'weighted',
+            'fusion.class_weights': weights.ravel().tolist(),
+        },
+    )
+    probe = Probe(ros)
+    rng = np.random.default_rng(8)
+    teacher = rng.integers(0, C, (H, W), dtype=np.uint8)
+    others = (teacher + 1) % C
+    labels = {'teacher': teacher, 'student': others, 'adaptive': others.copy()}
+    sec = probe.send(0, labels)
+    assert ros.wait_for(lambda: len(probe.fused) >= 1, timeout=10)
+    msg = probe.by_stamp()[sec]
+    assert msg.fusion_mode == 'weighted'
+    expected = np.where(teacher < 10, teacher, others)
+    np.testing.assert_array_equal(decoded(msg.labels), expected)
+    maps = [labels[r] for r in ROLES]
+    np.testing.assert_array_equal(expected, fusion.weighted_vote(maps, weights))
+    assert node.config.class_weights == tuple(weights.ravel())

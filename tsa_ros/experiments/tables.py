@@ -4,7 +4,10 @@ Every network is evaluated on every image set (clean and adversarial, see
 :mod:`tsa_ros.experiments.ae_sets`) with one confusion matrix per (network, set). The table
 has the paper's layout: rows are networks (T, S, A, ... and optionally the fused outputs),
 columns are ``no AE`` then T-AE and S-AE at ``epsilon`` 1 and 10, cells are the robustness
-``mIoU(adversarial) / mIoU(clean)`` in percent, bold above 70 %.
+``mIoU(adversarial) / mIoU(clean)`` in percent, bold above 70 %. The fused rows are the
+majority vote and posterior fusion by default, or any fusion modes of :mod:`tsa_ros.fusion`
+given as a mapping (row name -> FusionConfig; e.g. ``gated``, which keeps the teacher's
+labels unless the suspect rule flags the teacher).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from tqdm import tqdm
 from tsa_ros.data.cityscapes import LabeledDataset
 from tsa_ros.data.labels import CLASS_NAMES, IGNORE_ID
 from tsa_ros.evaluation import build_report
-from tsa_ros.fusion import majority_vote, posterior_fusion_labels
+from tsa_ros.fusion import FusionConfig, fuse, majority_vote, posterior_fusion_labels
 from tsa_ros.inference import Predictor
 from tsa_ros.metrics import ConfusionMatrix, miou_ratio
 from tsa_ros.models import SegmentationNet
@@ -65,7 +68,7 @@ def _provenance(dataset: LabeledDataset) -> dict[str, Any]:
 def evaluate(
     models: Mapping[str, SegmentationNet],
     sets: Mapping[str, LabeledDataset],
-    fusion: bool = False,
+    fusion: bool | Mapping[str, FusionConfig] = False,
     batch_size: int = 4,
     device: str | torch.device = 'cpu',
     progress: bool = False,
@@ -76,7 +79,11 @@ def evaluate(
         models: row name -> network, in table order (T, S, A first: fusion uses the first
             three, the first one breaking majority-vote ties like the paper's teacher).
         sets: column name -> labeled data set (``clean``, ``T-AE-1`` ... see STANDARD_SETS).
-        fusion: add the rows ``majority`` (majority vote) and ``posterior`` (mean posterior).
+        fusion: ``True`` adds the rows ``majority`` (majority vote) and ``posterior`` (mean
+            posterior); a mapping row name -> :class:`~tsa_ros.fusion.FusionConfig` adds one
+            row per entry, each frame fused by :func:`tsa_ros.fusion.fuse` from the first
+            three networks' labels and posteriors (any mode; the gated ones decide per frame,
+            so their parameters, e.g. ``suspect_threshold``, belong to the mini-val split).
         batch_size: images per forward pass.
         device: torch device of the networks.
         progress: a tqdm bar of the frames done (all sets together) and frames per second.
@@ -99,7 +106,14 @@ def evaluate(
     fused = list(models)[:3]
     if fusion and len(fused) < 2:
         raise ValueError('fusion needs at least two models')
-    rows = list(models) + (list(FUSION_ROWS) if fusion else [])
+    configs = {} if isinstance(fusion, bool) else dict(fusion)
+    for name, cfg in configs.items():
+        if not isinstance(cfg, FusionConfig):
+            raise ValueError(f'fusion row {name!r}: need a FusionConfig, got {type(cfg).__name__}')
+        if name in models:
+            raise ValueError(f'fusion row {name!r} has the name of a model')
+    extra = list(FUSION_ROWS) if fusion is True else list(configs)
+    rows = list(models) + extra
     for name in rows:
         if name in FUSION_ROWS and name in models:
             raise ValueError(f'model name {name!r} is reserved for a fusion row')
@@ -114,14 +128,15 @@ def evaluate(
         cms = {row: ConfusionMatrix(num_classes, IGNORE_ID) for row in rows}
         for images, labels in _batches(dataset, batch_size):
             target = labels.numpy()
-            posts = {}
+            posts, preds = {}, {}
             for name, predictor in predictors.items():
-                wants = fusion and name in fused
+                wants = bool(fusion) and name in fused
                 pred, probs = predictor.infer(images, posteriors=wants)
-                cms[name].update(pred.cpu().numpy(), target)
+                preds[name] = pred.cpu().numpy()
+                cms[name].update(preds[name], target)
                 if wants:
                     posts[name] = probs.cpu().numpy()
-            if fusion:
+            if fusion is True:
                 post_list = [posts[name] for name in fused]
                 votes = [p.argmax(1) for p in post_list]
                 cms['majority'].update(
@@ -129,6 +144,12 @@ def evaluate(
                     target,
                 )
                 cms['posterior'].update(posterior_fusion_labels(post_list), target)
+            elif configs:
+                maps = np.stack([preds[name].astype(np.uint8) for name in fused])
+                for n in range(len(images)):  # frame by frame: the gated modes decide per frame
+                    frame = [posts[name][n] for name in fused]
+                    for row, cfg in configs.items():
+                        cms[row].update(fuse(maps[:, n], frame, cfg).labels, target[n])
             bar.update(len(images))
         # One schema with the live evaluator: each cell is a stream entry of build_report.
         report = build_report(cms, frames=len(dataset), missing={})

@@ -2,14 +2,17 @@
 
 The teacher's, student's and adaptive student's ``tsa_msgs/Segmentation`` of a frame share
 its header stamp; they are joined with :class:`tsa_ros.sync.StampJoiner` and fused by
-:func:`tsa_ros.fusion.fuse` (majority vote, or posterior fusion as an option), which also
-names the network that disagrees most with the fused mask (a hint of an attack; beyond the
-paper, whose sec. 3.4 leaves the fusion open). When a network stops publishing, a frame is
-fused from the results that arrived within ``timeout_s``, the missing roles are listed in the
-output and ``/diagnostics`` turns WARN naming them.
+:func:`tsa_ros.fusion.fuse` according to ``fusion.mode`` (majority vote by default; posterior
+fusion, a per-class weighted vote, a confidence vote, or detection-gated fusion, which keeps
+the teacher's labels unless the teacher is the suspect), which also names the network that
+disagrees most with the others (a hint of an attack; beyond the paper, whose sec. 3.4 leaves
+the fusion open). When a network stops publishing, a frame is fused from the results
+that arrived within ``timeout_s``, the missing roles are listed in the output and
+``/diagnostics`` turns WARN naming them.
 
-Posterior mode needs posteriors in every message of a frame. A frame where one lacks them is
-fused by majority vote instead (``fusion_mode`` of the output says so, and the counter
+The modes ``posterior``, ``confidence`` and ``gated_confidence`` need posteriors in every
+message of a frame. A frame where one lacks them is fused by majority vote instead
+(``gated`` for ``gated_confidence``; ``fusion_mode`` of the output says so, and the counter
 ``fallback.no_posteriors`` counts it): a fused mask for every frame is worth more downstream
 (the evaluator, a planner) than strictness about the mode.
 
@@ -45,6 +48,7 @@ from tsa_msgs.msg import FusedSegmentation, Segmentation
 
 from tsa_ros.data.labels import colorize, legend, overlay
 from tsa_ros.fusion import (
+    POSTERIOR_FALLBACK,
     FusionConfig,
     SizeMismatchError,
     colorize_disagreement,
@@ -129,8 +133,18 @@ class FusionNode(ManagedNode):
                 f'fusion.weights has {len(self.config.weights)} entries, roles has '
                 f'{len(self.roles)}: {list(self.roles)}'
             )
+        classes = self.config.num_classes
+        if self.config.class_weights is not None and (
+            len(self.config.class_weights) != len(self.roles) * classes
+        ):
+            raise ValueError(
+                f'fusion.class_weights has {len(self.config.class_weights)} entries, need '
+                f'{classes} per role for roles {list(self.roles)}: {len(self.roles) * classes}'
+            )
         # Posteriors are decoded only when the fusion uses them.
-        self._needs_posteriors = self.config.mode == 'posterior' or self.config.tie == 'posterior'
+        self._needs_posteriors = (
+            self.config.mode in POSTERIOR_FALLBACK or self.config.tie == 'posterior'
+        )
         self.health = Health(self)
         self.health.set('mode', self.config.mode)
         self.health.set('tie', self.config.tie)
