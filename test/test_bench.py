@@ -9,7 +9,7 @@ import pytest
 from tsa_ros.bench import timing
 from tsa_ros.cli import main
 
-STAGES = {'network', 'predictor', 'codec', 'fusion', 'attack', 'learner'}
+STAGES = {'network', 'predictor', 'codec', 'fusion', 'attack', 'learner', 'triplet'}
 
 
 def test_interleave_runs_the_cases_round_robin_after_the_warmup():
@@ -38,6 +38,7 @@ def test_quick_bench_reports_every_stage_beside_its_reference(tmp_path, capsys):
     for tie in ('teacher', 'posterior', 'ignore'):
         assert any(f'tie={tie}' in f for f in figures)
     assert any(f.startswith('T deeplabv3plus') for f in figures)
+    assert any(f.startswith('teacher in the triplet, 1 thread(s) each') for f in figures)
     for key in ('cpu', 'cpu_count', 'threads', 'loadavg', 'torch'):
         assert key in report['machine_before'] and key in report['machine_after']
     assert report['peaks_gflops']['fp32'] > 0
