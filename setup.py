@@ -16,7 +16,10 @@ setup(
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
         (
             'share/' + package_name + '/config',
-            glob('config/*.yaml') + glob('config/*.rviz') + glob('config/*.foxglove.json'),
+            glob('config/*.yaml')
+            + glob('config/*.rviz')
+            + glob('config/*.foxglove.json')
+            + glob('config/*.xml'),
         ),
         ('share/' + package_name + '/config/security', glob('config/security/*.xml')),
     ],

@@ -3,13 +3,15 @@ are benchmarks, not timed tests)."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from tsa_ros.bench import timing
 from tsa_ros.cli import main
 
-STAGES = {'network', 'predictor', 'codec', 'fusion', 'attack', 'learner', 'triplet'}
+STAGES = {'network', 'predictor', 'codec', 'fusion', 'attack', 'learner', 'triplet', 'graph'}
+TINY_PARAMS = Path(__file__).parent / 'ros' / 'tiny.yaml'
 
 
 def test_interleave_runs_the_cases_round_robin_after_the_warmup():
@@ -24,9 +26,10 @@ def test_interleave_runs_the_cases_round_robin_after_the_warmup():
         timing.interleave({'a': lambda: None}, 0)
 
 
-def test_quick_bench_reports_every_stage_beside_its_reference(tmp_path, capsys):
+def test_quick_bench_reports_every_stage_beside_its_reference(tmp_path, capsys, ros_domain_id):
     out = tmp_path / 'bench'
-    assert main(['bench', '--quick', '--json', '--out', str(out)]) == 0
+    argv = ['bench', '--quick', '--json', '--out', str(out), '--params', str(TINY_PARAMS)]
+    assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert json.loads((out / 'bench.json').read_text()) == report
     assert {row['stage'] for row in report['rows']} == STAGES
@@ -39,12 +42,23 @@ def test_quick_bench_reports_every_stage_beside_its_reference(tmp_path, capsys):
         assert any(f'tie={tie}' in f for f in figures)
     assert any(f.startswith('T deeplabv3plus') for f in figures)
     assert any(f.startswith('teacher in the triplet, 1 thread(s) each') for f in figures)
+    # The running graph: both learner phases, and every topic of the triplet sized.
+    for phase in ('learner paused', 'learner training'):
+        assert any(f.startswith('camera -> fused') and f.endswith(phase) for f in figures)
+    sizes = {m['topic']: m['bytes'] for m in report['messages']}
+    camera = sizes['/camera/image_raw']
+    assert camera > 128 * 64 * 3  # an rgb8 frame of the tiny camera, and its header
+    for role in ('teacher', 'student', 'adaptive', 'fused'):
+        assert sizes[f'/tsa/{role}/segmentation'] > 128 * 64  # labels, one byte a pixel
+    assert sizes['/tsa/learner/weights'] > 1e6  # an ERFNet's weights, latched
     for key in ('cpu', 'cpu_count', 'threads', 'loadavg', 'torch'):
         assert key in report['machine_before'] and key in report['machine_after']
     assert report['peaks_gflops']['fp32'] > 0
     table = (out / 'bench.md').read_text()
     assert '| stage | figure | min ms |' in table
-    assert len([line for line in table.splitlines() if line.startswith('| ')]) == 1 + len(
+    assert '| 128x64 | /camera/image_raw | sensor_msgs/msg/Image |' in table
+    rows = table.split('Messages of the tsa graph')[0]
+    assert len([line for line in rows.splitlines() if line.startswith('| ')]) == 1 + len(
         report['rows']
     )
 

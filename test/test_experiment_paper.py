@@ -8,11 +8,14 @@ import numpy as np
 import torch
 
 from tsa_ros.cli import main
+from tsa_ros.experiments.detection import TEACHER_WEIGHTS
 from tsa_ros.experiments.paper import STAGES, run_paper
 from tsa_ros.experiments.report import report_markdown
 
 # Two sweep values each (α = 0.6 and γ = 1 reuse A+IFM, so three new adaptation runs).
 _SHORT = {'alphas': (0.3, 0.6), 'gammas': (1.0, 2.0)}
+#: Table 2's fusion rows of T, S, A+IFM, in order.
+_FUSION = ('majority', 'posterior', 'weighted', 'confidence', 'gated', 'gated_confidence')
 
 
 def _numbers(value):
@@ -61,13 +64,29 @@ def test_tiny_paper_experiment_end_to_end_and_resume(tiny_root, tmp_path):
     columns = ['network', 'metric', 'clean', 'T-AE-1', 'T-AE-10', 'S-AE-1', 'S-AE-10']
     for number, rows in (
         (1, ['T', 'S', 'A']),
-        (2, ['T', 'S', 'A', 'A+IFM', 'majority', 'posterior']),
+        (2, ['T', 'S', 'A', 'A+IFM', *_FUSION]),
     ):
         table = list(csv.reader((run / f'table{number}.csv').open()))
         assert table[0] == columns
         assert [r[0] for r in table[1:] if r[1] == 'miou_ratio_pct'] == rows
         assert [r[0] for r in table[1:] if r[1] == 'miou_pct'] == rows
         assert f'Table {number}' in (run / f'table{number}.md').read_text()
+
+    # The fusion rows' parameters come from mini val, as in `tsa experiment detection`.
+    table2 = json.loads((run / 'table2.json').read_text())
+    assert table2['fusion_of'] == ['T', 'S', 'A+IFM']
+    assert list(table2['fusion_rows']) == list(_FUSION)
+    fitted = table2['fusion_parameters']
+    assert fitted['from'] == 'minival' and fitted['gate_rule'] == 'fused'
+    assert fitted['teacher_weight'] in TEACHER_WEIGHTS
+    assert 0.0 <= fitted['gate_threshold'] <= 1.0
+    assert fitted['gate_target_fpr'] == 0.05
+    assert list(fitted['class_weights']) == ['T', 'S', 'A+IFM']
+    for weights in fitted['class_weights'].values():
+        assert len(weights) == len(table2['class_names'])
+    note = (run / 'table2.md').read_text()
+    assert 'fitted on the minival split' in note
+    assert all(f'- `{row}`: ' in note for row in _FUSION)
 
     sweeps = list(csv.DictReader((run / 'sweeps.csv').open()))
     assert [(r['sweep'], float(r['alpha'])) for r in sweeps if r['sweep'] == 'alpha'] == [
@@ -82,6 +101,7 @@ def test_tiny_paper_experiment_end_to_end_and_resume(tiny_root, tmp_path):
     assert 'git_revision' in stored
     assert stored['preset']['name'] == 'tiny'
     assert set(stored['timings']) == set(STAGES)
+    assert stored['table2']['fusion_parameters'] == fitted
     for key in ('table1', 'table2'):
         for row in stored[key]['results'].values():
             for cell in row.values():
@@ -237,10 +257,14 @@ def test_compare_reports_identical_runs_and_the_largest_difference(tmp_path, cap
     # published run) is listed, not gated; a missing cell inside a shared group fails.
     newer = json.loads(json.dumps(first))
     newer['sweeps'][0]['ratio_s_ae10'] = 0.5
+    # ... and so are Table 2's fusion-rule rows.
+    newer['table2']['results']['gated'] = json.loads(json.dumps(newer['table2']['results']['S']))
     (tmp_path / 'n').mkdir()
     (tmp_path / 'n' / 'results.json').write_text(json.dumps(newer))
     assert main(['experiment', 'compare', str(tmp_path / 'a'), str(tmp_path / 'n')]) == 0
-    assert 'sweeps S-AE-10 ratio | only in ' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert 'sweeps S-AE-10 ratio | only in ' in out
+    assert 'table2 fusion rules mIoU | only in ' in out
     del newer['table2']['results']['S']['S-AE-10']
     (tmp_path / 'n' / 'results.json').write_text(json.dumps(newer))
     assert main(['experiment', 'compare', str(tmp_path / 'a'), str(tmp_path / 'n')]) == 1

@@ -482,10 +482,11 @@ def test_pairwise_vote_equals_counting_on_random_frames(k, tie):
 
 @pytest.mark.parametrize('dtype', [np.float16, np.float32, np.float64])
 def test_blocked_posterior_labels_equal_the_argmax_of_the_fused_map(dtype, monkeypatch):
-    """The cache-blocked running max against materialising the fused map and its argmax."""
+    """The cache-blocked labels against materialising the fused map and its argmax."""
     import tsa_ros.fusion as fusion_module
 
-    monkeypatch.setattr(fusion_module, '_FUSION_BLOCK', 97)  # many blocks, a ragged last one
+    # 5 pixels of 19 classes per block: many blocks, a ragged last one.
+    monkeypatch.setattr(fusion_module, '_FUSION_BLOCK', 97)
     rng = np.random.default_rng(7)
     for trial in range(12):
         k = int(rng.integers(1, 4))
@@ -497,6 +498,84 @@ def test_blocked_posterior_labels_equal_the_argmax_of_the_fused_map(dtype, monke
         np.testing.assert_array_equal(
             posterior_fusion_labels(list(post), weights=weights), expected
         )
+
+
+def _reference_fusion_labels(post, weights=None):
+    """posterior_fusion_labels written out: the weighted mean (weights normalised in float64,
+    summed network by network from zero in at least float32), then argmax over classes."""
+    post = [np.asarray(p) for p in post]
+    w = np.full(len(post), 1.0 / len(post)) if weights is None else np.asarray(weights, float)
+    w = w / w.sum()
+    dtype = np.result_type(np.float32, *[p.dtype for p in post])
+    fused = np.zeros(post[0].shape, dtype)
+    for wj, p in zip(w, post, strict=True):
+        fused += dtype.type(wj) * p
+    return fused.argmax(axis=-3).astype(np.uint8)
+
+
+@pytest.mark.parametrize('block', [None, 97, 1])
+@pytest.mark.parametrize('k', [2, 3])
+def test_posterior_labels_equal_a_written_out_mean_and_argmax(k, block, monkeypatch):
+    """Bit for bit on random frames of odd sizes, with and without weights, with exact ties
+    (copied class planes, quantised scores, equal networks, networks reversed) and every
+    float dtype, given as a list, a stacked array and torch tensors."""
+    import tsa_ros.fusion as fusion_module
+
+    if block is not None:  # many blocks, a ragged last one / one pixel per block
+        monkeypatch.setattr(fusion_module, '_FUSION_BLOCK', block)
+    rng = np.random.default_rng(1000 * k + (block or 0))
+    shapes = [(19, 1, 1), (2, 7, 3), (1, 5, 9), (5, 33, 17), (2, 19, 9, 13), (19, 11, 23)]
+    if block is None:  # a frame of several default blocks, the last one ragged
+        shapes[-1] = (19, 61, 1031)
+    for trial in range(18):
+        shape = shapes[trial % len(shapes)]
+        dtype = (np.float32, np.float16, np.float64)[trial % 3]
+        post = rng.random((k, *shape)).astype(dtype)
+        ties = trial % 5
+        if ties == 1:  # copied class planes: equal scores, the lowest class wins
+            post[..., 2::3, :, :] = post[..., :1, :, :]
+        elif ties == 2:  # few distinct values: ties between classes and across networks
+            post = (rng.integers(0, 3, post.shape) / 2).astype(dtype)
+        elif ties == 3:  # every network the same map: the mean is that map (or 1 ulp off)
+            post[1:] = post[0]
+        elif ties == 4:  # class c + 1 = class c with the networks reversed: the two sums
+            # differ only in rounding order, which a shortcut (summing unscaled) would change.
+            for c in range(1, shape[-3], 2):
+                post[:, ..., c, :, :] = post[::-1, ..., c - 1, :, :]
+        weights = None
+        if trial % 2:
+            weights = rng.choice([0.0, 0.5, 1.0, 1.0 / 3, 2.0, 7.25], k)
+            weights[0] += 0.25  # not all zero
+        expected = _reference_fusion_labels(post, weights)
+        for given_as in (list(post), post, [torch.from_numpy(p) for p in post]):
+            got = posterior_fusion_labels(given_as, weights=weights)
+            assert got.dtype == np.uint8 and got.shape == expected.shape
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_posterior_labels_nan_scores_keep_the_running_max_rule():
+    """NaN has no argmax answer; the labels stay the ones of a running max with a strict '>':
+    classes after a NaN score cannot win (kept from the running-max implementation)."""
+    post = np.zeros((1, 4, 1, 5), np.float32)
+    post[0, :, 0, 0] = [0.2, np.nan, 0.9, 0.1]  # class 2 comes after the NaN
+    post[0, :, 0, 1] = [np.nan, 0.5, 0.9, 0.1]  # NaN at class 0: class 0
+    post[0, :, 0, 2] = [0.2, 0.3, 0.9, np.nan]  # NaN after the max: the max
+    post[0, :, 0, 3] = [0.2, 0.7, 0.7, 0.1]  # no NaN: first maximum
+    post[0, :, 0, 4] = [0.2, 0.7, 0.9, 0.1]
+    np.testing.assert_array_equal(posterior_fusion_labels(post), [[0, 0, 2, 1, 2]])
+
+
+def test_posterior_labels_of_256_classes():
+    post = np.zeros((2, 256, 1, 4), np.float32)
+    post[:, 255, 0, 0] = 1  # the last class alone at the max
+    post[:, [0, 255], 0, 1] = 1  # a tie of the first and the last class
+    post[:, 254, 0, 2] = 1
+    post[0, 7, 0, 3], post[1, 200, 0, 3] = 1, 1  # networks disagree: a tie, 7 wins
+    expected = [[255, 0, 254, 7]]
+    np.testing.assert_array_equal(_reference_fusion_labels(post), expected)
+    np.testing.assert_array_equal(posterior_fusion_labels(post), expected)
+    with pytest.raises(ValueError, match='too many classes'):
+        posterior_fusion_labels(np.zeros((2, 257, 1, 1), np.float32))
 
 
 # --------------------------------------------------------------------------- old modes frozen

@@ -300,8 +300,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from tsa_ros.data.cityscapes import LabeledDataset
     from tsa_ros.experiments import evaluate, write_results
+    from tsa_ros.inference import BACKENDS
     from tsa_ros.models import load_checkpoint
 
+    if args.backend not in BACKENDS:
+        raise ConfigError(f'--backend must be one of {BACKENDS}, got {args.backend!r}')
     device = _device(args.device)
     model_args = [_name_value('--model', m) for m in args.model]
     set_args = [_name_value('--set', s) for s in args.set]
@@ -322,7 +325,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             'sha256': meta['sha256'],
             'config': meta['config'].to_dict(),
         }
-    results = evaluate(models, sets, args.fusion, args.batch_size, device, progress=not args.quiet)
+    results = evaluate(
+        models,
+        sets,
+        args.fusion,
+        args.batch_size,
+        device,
+        progress=not args.quiet,
+        backend=args.backend,
+    )
+    results['backend'] = args.backend
     results['checkpoints'] = checkpoints
     results['split'] = args.split
     table = args.table or {'minival': 1, 'minitest': 2}.get(args.split)
@@ -359,6 +371,12 @@ def _add_eval_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument('--batch-size', type=int, default=4)
     p.add_argument('--device', help='torch device (default: cuda if available)')
     p.add_argument('--quiet', action='store_true', help='no progress bar (frames done, fps)')
+    p.add_argument(
+        '--backend',
+        default='auto',
+        help='how the networks run: auto, eager, channels_last, bf16 (bfloat16 hardware '
+        'only), onnxruntime; e.g. bf16 against channels_last for its cost in mIoU',
+    )
     p.set_defaults(func=_cmd_eval)
 
 

@@ -257,11 +257,12 @@ class Predictor:
             ``'onnxruntime'`` (CPU, fp32: the network exported to ONNX once per weights and
             input size, cached on disk, see :mod:`tsa_ros.onnx_backend`; the first use at a
             new size exports, seconds; :meth:`with_weights` reuses the export);
-            ``'auto'`` = the faster of the two fp32 torch paths, timed by :meth:`warmup` on
-            this machine (``'channels_last'`` until then): which one wins depends on the CPU
-            and the input size. Reduced precision is never chosen by itself: it would need
-            its mIoU checked on the trained networks first; onnxruntime neither (opt-in: an
-            export in every timing would cost seconds).
+            ``'auto'`` = the fastest torch path, timed by :meth:`warmup` on this machine
+            (``'channels_last'`` until then): the two fp32 ones and, where the hardware has
+            bfloat16, ``'bf16'``: which one wins depends on the CPU and the input size.
+            bf16 competes because its mIoU on the trained networks equals fp32's within
+            0.05 points (README, "What each stage costs"); onnxruntime is never chosen by
+            itself (opt-in: an export in every timing would cost seconds).
     """
 
     def __init__(
@@ -327,13 +328,15 @@ class Predictor:
         return swapped
 
     def choose_backend(self, size: tuple[int, int], repeats: int = 2) -> str:
-        """For ``backend='auto'``: time the fp32 paths (forward and argmax) at network input
-        ``size`` and keep the faster; any other backend is kept as configured."""
+        """For ``backend='auto'``: time the torch paths (forward and argmax; bf16 where the
+        hardware has it) at network input ``size`` and keep the fastest; any other backend
+        is kept as configured."""
         if self.requested_backend != 'auto':
             return self.backend
         images = torch.zeros((1, 3, *size), device=self.device)
         seconds = {}
-        for backend in ('channels_last', 'eager'):
+        candidates = ('channels_last', 'eager') + (('bf16',) if has_bf16(self.device) else ())
+        for backend in candidates:
             self.backend = backend
             self._set_memory_format()
             self.infer(images)  # untimed: the first call of a format allocates

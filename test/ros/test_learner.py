@@ -233,3 +233,42 @@ def test_the_learner_trains_on_from_the_adapted_a_the_graph_starts_with(ros, tmp
     other = save_checkpoint(tmp_path / 'other.pt', build_model(deeplab))
     with pytest.raises(ConfigError, match='initial_checkpoint'):
         make_learner(ros, initial_checkpoint=str(other))
+
+
+def test_the_learner_yields_when_a_segmenter_loses_camera_frames(ros):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+    node = make_learner(ros, yield_s=4.0)
+    probe = Probe(ros)
+    diagnostics = probe.node.create_publisher(DiagnosticArray, '/diagnostics', qos.RESULTS)
+    assert ros.wait_for(lambda: diagnostics.get_subscription_count() > 0, timeout=20)
+
+    def report(name, role, lost):
+        values = [KeyValue(key='lost.camera', value=str(lost))]
+        if role:
+            values.append(KeyValue(key='role', value=role))
+        diagnostics.publish(DiagnosticArray(status=[DiagnosticStatus(name=name, values=values)]))
+
+    # Baselines, a segmenter of another graph, and a node that is no segmenter: no yield.
+    for lost in (5, 9):
+        report('/student', 'student', 5)
+        report('/other/student', 'student', lost)
+        report('/learner', '', lost)
+    report('/student', 'student', 5)  # in order after the others (one reliable writer)
+    assert ros.wait_for(lambda: node.health.counters['diagnostics.seen'] >= 7, timeout=10)
+    assert list(node._lost_seen) == ['/student']
+    assert node.health.counters['yields'] == 0 and not node.learner.held
+
+    report('/student', 'student', 8)  # S lost 3 frames in its queue since its last report
+    assert ros.wait_for(lambda: node.health.counters['yields'] == 1, timeout=10)
+    for index in range(3):
+        probe.send(index)
+    held_steps = []
+    while node.learner.held:
+        held_steps.append(node.learner.stats.step)
+        ros.wait_for(lambda: False, timeout=0.05)
+    assert held_steps and set(held_steps) == {0}, 'A trained while the learner held'
+    assert node.health.counters['pairs.submitted'] >= 1
+    # The hold ends by itself and training takes the queued frames.
+    assert ros.wait_for(lambda: node.learner.stats.step > 0, timeout=60), 'no training after'
+    assert node.learner.stats.holds == 1

@@ -43,6 +43,9 @@ def snapshot(version, state, lineage=LINEAGE, signing_key=None, step=None):
 
 
 def make_node(ros, seed=0, **params):
+    # fp32: labels are compared with an offline fp32 predictor pixel for pixel ('auto' may
+    # time bf16 the fastest on a CPU that has it).
+    params.setdefault('backend', 'channels_last')
     overrides = [
         Parameter('model.input_size', value=list(SIZE)),
         Parameter('seed', value=seed),

@@ -6,7 +6,9 @@ convolution FLOPs at this machine's measured compute peak, the ``Predictor`` aga
 forward, codec and fusion against a memcpy of their bytes, an attack against its iterations
 in forwards, S's latency while the learner trains against S idle, and T, S and A segmenting
 one frame together in three processes (as the graph runs them) per thread budget against
-each alone. The machine (CPU model,
+each alone; and the running ``tsa`` graph: camera-to-fused latency against the slowest
+network's bare forward, the ROS overhead, and the bytes of every topic's messages
+(:mod:`tsa_ros.bench.graph`). The machine (CPU model,
 threads, load average before and after) goes with the numbers: ratios hold across machines,
 absolute times do not.
 """
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 
 from tsa_ros.bench import figures
+from tsa_ros.bench.graph import graph_rows, messages_markdown, run_graph_bench
 from tsa_ros.bench.timing import has_bf16, machine
 from tsa_ros.bench.triplet import triplet_rows
 
@@ -42,8 +45,15 @@ def run(
     sizes: tuple[tuple[int, int], ...] | None = None,
     repeats: int | None = None,
     config: str | None = None,
+    params: tuple[str, ...] = ('',),
+    graph: bool = True,
 ) -> dict[str, Any]:
-    """Measure every figure; returns ``{'machine_before', 'machine_after', 'rows', ...}``."""
+    """Measure every figure; returns ``{'machine_before', 'machine_after', 'rows', ...}``.
+
+    ``params`` are the graph's params files, one set of graph rows each (ros__parameters
+    form, '' = the package's cpu.yaml
+    on a CPU); ``graph=False`` leaves the graph rows out.
+    """
     from tsa_ros.config import TSAConfig, load_config
     from tsa_ros.inference import resolve_device
     from tsa_ros.models import build_model
@@ -81,6 +91,15 @@ def run(
         graph_size = small if quick else (128, 256)
         _log(f'the triplet in three processes at {graph_size[0]}x{graph_size[1]}')
         rows += triplet_rows(graph_size, repeats, learner_nice=cfg.learner.nice)
+    messages = []
+    if graph:
+        _log('the tsa graph: camera -> fused, message sizes')
+        for params_file in params:
+            result = run_graph_bench(params_file, 3 if quick else 10, str(dev), log=_log)
+            if result is not None:
+                rows += graph_rows(result)
+                height, width = result['camera_size']
+                messages += [m | {'camera': f'{width}x{height}'} for m in result['messages']]
     after = machine(dev)
     return {
         'machine_before': before,
@@ -89,6 +108,7 @@ def run(
         'quick': quick,
         'repeats': repeats,
         'rows': [row.as_dict() for row in rows],
+        'messages': messages,
     }
 
 
@@ -111,6 +131,9 @@ def markdown(report: dict[str, Any]) -> str:
             f'| {r["stage"]} | {r["figure"]} | {r["ms"]:.2f} | {r["median_ms"]:.2f} | '
             f'{r["reference"]} | {r["reference_ms"]:.2f} | {r["ratio"]:.2f} |'
         )
+    if report.get('messages'):
+        lines += ['', 'Messages of the tsa graph (serialized bytes, median):', '']
+        lines += messages_markdown(report['messages'])
     return '\n'.join(lines) + '\n'
 
 
@@ -135,6 +158,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument('--repeats', type=int, help='repetitions per figure (default 5; quick 3)')
     p.add_argument('--config', help='YAML config whose teacher and student are measured')
+    p.add_argument(
+        '--params',
+        nargs='+',
+        default=('',),
+        metavar='FILE',
+        help="params files of the graph rows, one set each (default: the package's cpu.yaml "
+        "on a CPU; config/tsa.yaml adds the paper's networks at 512x1024)",
+    )
+    p.add_argument('--no-graph', action='store_true', help='leave out the graph rows')
     p.add_argument('--out', type=Path, help='also write bench.md and bench.json into this folder')
 
 
@@ -148,6 +180,8 @@ def main_from_args(args: argparse.Namespace) -> int:
             sizes=args.sizes,
             repeats=args.repeats,
             config=args.config,
+            params=args.params,
+            graph=not args.no_graph,
         )
     except ValueError as exc:
         print(f'tsa bench: {exc}', file=sys.stderr)

@@ -7,9 +7,9 @@ mini-val mIoU T and S reached in training, the mIoU and the mIoU ratio of each c
 Tables 1 and 2, and the clean mIoU and S-AE ratios of each sweep point. Differences are in
 percentage points; a re-run "reproduces within noise" when the largest one is at most the
 tolerance. A number one run lacks inside a group both runs have fails the comparison; a
-whole group only one run has (the sweeps' ε = 10 ratio, added after the first published
-run) is listed as such and not gated. Stage times are listed beside each other but never
-gated: they measure the machine, not the method.
+whole group only one run has (the sweeps' ε = 10 ratio and Table 2's fusion-rule rows, added
+after the first published run) is listed as such and not gated. Stage times are listed beside
+each other but never gated: they measure the machine, not the method.
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ from tsa_ros.data.cityscapes import DataError
 from tsa_ros.metrics import format_number, miou_ratio, percent
 
 __all__ = ['Difference', 'compare_results', 'comparison_markdown', 'load_results']
+
+#: Table 2's fusion-rule rows (tsa_ros.experiments.detection.FUSION_ROWS after 'posterior'),
+#: added after the first published run: a group of their own, so that a run without them
+#: stays comparable (the group is listed as one-sided, not gated).
+RULE_ROWS = ('weighted', 'confidence', 'gated', 'gated_confidence')
 
 
 @dataclass(frozen=True)
@@ -72,12 +77,13 @@ def _cells(results: Mapping[str, Any]) -> Iterator[tuple[str, str, float | None]
         table = results.get(f'table{number}') or {}
         for row, cells in (table.get('results') or {}).items():
             clean = (cells.get('clean') or {}).get('miou')
+            group = f'table{number} fusion rules' if row in RULE_ROWS else f'table{number}'
             for column, cell in cells.items():
                 miou = cell.get('miou')
-                yield f'table{number} mIoU', f'{row} {column}', percent(miou)
+                yield f'{group} mIoU', f'{row} {column}', percent(miou)
                 if column != 'clean':
                     ratio = None if miou is None or clean is None else miou_ratio(miou, clean)
-                    yield f'table{number} ratio', f'{row} {column}', percent(ratio)
+                    yield f'{group} ratio', f'{row} {column}', percent(ratio)
     for point in results.get('sweeps') or []:
         name = f'{point["sweep"]} α={point["alpha"]:g} γ={point["gamma"]:g} p={point["p"]:g}'
         yield 'sweeps clean mIoU', name, percent(point.get('miou_clean'))

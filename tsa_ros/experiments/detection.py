@@ -68,7 +68,15 @@ from tsa_ros.inference import Predictor, frames_to_tensor, resize_frame, resolve
 from tsa_ros.metrics import ConfusionMatrix, format_number, miou_ratio, percent
 from tsa_ros.models import load_checkpoint
 
-__all__ = ['FUSION_ROWS', 'ROLES', 'detection_markdown', 'detection_study']
+__all__ = [
+    'FUSION_ROWS',
+    'ROLES',
+    'TARGET_FPR',
+    'detection_markdown',
+    'detection_study',
+    'fit_fusion_rules',
+    'fusion_description',
+]
 
 #: The triplet in fusion priority order (the teacher breaks majority-vote ties).
 ROLES = ('T', 'S', 'A')
@@ -76,6 +84,8 @@ ROLES = ('T', 'S', 'A')
 _ATTACKED = {'T': 0, 'S': 1}
 #: The issue's target: AUROC of the selected rule at ε = 10.
 TARGET_AUROC = 0.99
+#: Default false-positive rate of the thresholds and of the fusion gate (``--fpr``).
+TARGET_FPR = 0.05
 #: Rows of the fusion table: the networks alone, then each fusion mode of tsa_ros.fusion.
 FUSION_ROWS = (
     *ROLES,
@@ -311,6 +321,21 @@ def _teacher_weight(cells: _FusionCells, clean: str) -> tuple[float, dict[str, f
     return TEACHER_WEIGHTS[-1], tried
 
 
+def fusion_description(row: str, parameters: dict[str, Any]) -> str:
+    """One line on what a fusion-table row does, with its fitted parameters filled in."""
+    return _FUSION_WHAT[row].format(thr=parameters['from'], w=f'{parameters["teacher_weight"]:g}')
+
+
+def _selection_cells(fusion: FusionConfig) -> _FusionCells:
+    """The cells the fusion parameters are chosen from: each network alone (class weights,
+    T's clean mIoU) and the confidence vote at every teacher weight of TEACHER_WEIGHTS."""
+    space = {'num_classes': fusion.num_classes, 'ignore_index': fusion.ignore_index}
+    trials: dict[str, FusionConfig | None] = {role: None for role in ROLES}
+    for w in TEACHER_WEIGHTS:
+        trials[f'confidence@{w:g}'] = FusionConfig('confidence', weights=(w, 1.0, 1.0), **space)
+    return _FusionCells(trials, fusion.num_classes)
+
+
 def _fusion_configs(
     base: FusionConfig, class_weights: np.ndarray, teacher_weight: float, gate: float
 ) -> dict[str, FusionConfig | None]:
@@ -362,12 +387,7 @@ def _fusion_table(
     }
     return {
         'rows': rows,
-        'descriptions': {
-            row: _FUSION_WHAT[row].format(
-                thr=parameters['from'], w=f'{parameters["teacher_weight"]:g}'
-            )
-            for row in rows
-        },
+        'descriptions': {row: fusion_description(row, parameters) for row in rows},
         'miou': miou,
         'ratio': ratio,
         'flagged': flagged,
@@ -404,6 +424,55 @@ def _fusion_setup(
     }
     configs = _fusion_configs(fusion, class_weights, teacher_weight, gate)
     return _FusionCells(configs, fusion.num_classes), parameters
+
+
+def fit_fusion_rules(
+    predictors: Sequence[Predictor],
+    clean: LabeledDataset,
+    fusion: FusionConfig,
+    *,
+    target_fpr: float = TARGET_FPR,
+    split: str = 'minival',
+    batch_size: int = 4,
+) -> tuple[dict[str, FusionConfig], dict[str, Any]]:
+    """Fit the fusion rules' parameters on one split's clean frames, as
+    :func:`detection_study` does on its threshold split.
+
+    Not in the paper (decision fusion is left open in sec. 3.4, 4.3). The class weights of
+    ``weighted`` are each network's per-class IoU (eq. 11) on ``clean``, the teacher weight of
+    the confidence votes the smallest of :data:`TEACHER_WEIGHTS` within 1 mIoU point of T
+    there, and the gate of the gated modes the ``fused`` rule's threshold at ``target_fpr``
+    on ``clean``'s frames.
+
+    Args:
+        predictors: T, S, A in :data:`ROLES` order (the fused triplet; T breaks ties).
+        clean: the clean frames of the fitting split (never the reported one).
+        fusion: the base configuration (label space; its mode and tie make the reference vote
+            the ``fused`` rule reads, as in the detection experiment).
+        target_fpr: false-positive rate of the gate on ``clean``.
+        split: name of the fitting split, stored in the parameters.
+        batch_size: images per forward pass.
+
+    Returns:
+        ``(row -> FusionConfig, parameters)`` for the rows ``majority``, ``posterior``,
+        ``weighted``, ``confidence``, ``gated``, ``gated_confidence`` (in that order), and the
+        fitted parameters, JSON-safe (``from``, ``teacher_weight``, ``gate_threshold``,
+        ``class_weights`` ... as in ``detection.json`` → ``fusion_rules.parameters``).
+    """
+    selection = _selection_cells(fusion)
+    # The gate's rule reads only labels and the reference vote: no previous frames needed.
+    features = _features(
+        clean,
+        predictors,
+        fusion,
+        None,
+        np.zeros(len(clean), bool),
+        batch_size,
+        selection.hook('clean'),
+    )
+    table, parameters = _fusion_setup(selection, features, fusion, target_fpr, split)
+    configs = {row: cfg for row, cfg in table.configs.items() if cfg is not None}
+    return configs, _finite(parameters)
 
 
 def _load(paths: dict[str, str | Path], device: str) -> dict[str, tuple[Any, dict[str, Any]]]:
@@ -448,7 +517,7 @@ def detection_study(
     split: str = 'minitest',
     threshold_split: str = 'minival',
     epsilons: Sequence[float] = (1.0, 10.0),
-    target_fpr: float = 0.05,
+    target_fpr: float = TARGET_FPR,
     fusion: FusionConfig | None = None,
     batch_size: int = 4,
     device: str = 'cpu',
@@ -511,11 +580,7 @@ def detection_study(
     with_previous: dict[str, int] = {}
     # Fusion parameters from the threshold split's clean frames: each network's confusion
     # (class weights, T's mIoU) and the confidence vote at every teacher weight.
-    space = {'num_classes': fusion.num_classes, 'ignore_index': fusion.ignore_index}
-    trials: dict[str, FusionConfig | None] = {role: None for role in ROLES}
-    for w in TEACHER_WEIGHTS:
-        trials[f'confidence@{w:g}'] = FusionConfig('confidence', weights=(w, 1.0, 1.0), **space)
-    selection = _FusionCells(trials, fusion.num_classes)
+    selection = _selection_cells(fusion)
     table: _FusionCells | None = None
     parameters: dict[str, Any] = {}
     for name in (threshold_split, split):  # the threshold split first: it sets parameters

@@ -2,11 +2,15 @@
 
 Bär et al. 2019, sec. 4: train the teacher T and the student S, adapt A from S without and
 with the IFM loss, write the least-likely AE sets of T and S (ε = 1, 10) for the mini
-validation and mini test sets, evaluate Tables 1 and 2 (plus majority / posterior fusion of
-T, S, A+IFM), sweep α (Fig. 2, and p = 2) and γ (Fig. 3), and write a report. Everything is
-built from the stage functions (:func:`~tsa_ros.data.generate.generate`,
-:func:`~tsa_ros.learning.train.train`, :func:`~tsa_ros.experiments.adapt.adapt`,
-:func:`~tsa_ros.experiments.ae_sets.make_ae_set`, :func:`~tsa_ros.experiments.tables.evaluate`).
+validation and mini test sets, evaluate Tables 1 and 2, sweep α (Fig. 2, and p = 2) and γ
+(Fig. 3), and write a report. Table 2 also has rows fusing T, S and A+IFM (not in the paper,
+which leaves decision fusion open, sec. 3.4, 4.3): majority vote, mean posterior and the
+``weighted``, ``confidence``, ``gated`` and ``gated_confidence`` rules of
+:mod:`tsa_ros.fusion`, every parameter fitted on the mini validation set's clean frames only,
+exactly as ``tsa experiment detection`` does. Everything is built from the stage functions
+(:func:`~tsa_ros.data.generate.generate`, :func:`~tsa_ros.learning.train.train`,
+:func:`~tsa_ros.experiments.adapt.adapt`, :func:`~tsa_ros.experiments.ae_sets.make_ae_set`,
+:func:`~tsa_ros.experiments.tables.evaluate`).
 
 Stages: ``data → train_teacher → train_student → adapt → ae_sets → tables → sweeps →
 report``. Each writes a marker ``stages/<stage>.json`` (with its seconds) when it finishes
@@ -18,7 +22,10 @@ Output ``OUT/<run>/``::
     models/            teacher.pt, student.pt, adaptive.pt, adaptive_ifm.pt, sweep_*.pt
     ae/<split>/<set>/  clean, T-AE-1, T-AE-10, S-AE-1, S-AE-10 for minival and minitest
     table1.md/.csv     T, S, A on minival
-    table2.md/.csv     T, S, A, A+IFM (+ majority, posterior of T, S, A+IFM) on minitest
+    table2.md/.csv     T, S, A, A+IFM and the fusion rows of T, S, A+IFM (majority,
+                       posterior, weighted, confidence, gated, gated_confidence) on
+                       minitest; table2.json also holds the fusion rows' mini-val
+                       parameters (fusion_parameters)
     sweeps.csv         one line per (α, β, γ, p): clean mIoU, S-AE-1 and S-AE-10 ratios
                        on minival (ε = 10 is ours: the paper sweeps at ε = 1 only)
     fig2_alpha.png, fig3_gamma.png, overlays/frame_*.png
@@ -35,7 +42,9 @@ the run of ``docs/results.md`` (``results.json`` → ``timings``):
 * S (ERFNet, 3,000 steps): 15.6 min, 0.31 s/step.
 * A and A+IFM (2 x 1,000 steps): 20.7 min, 0.62 s/step (T's forward pass and the feature
   terms on top of S's step).
-* AE sets (260 frames, ε = 1 and 10 on T and S): 9.9 min. Tables: 5.1 min.
+* AE sets (260 frames, ε = 1 and 10 on T and S): 9.9 min. Tables: 5.1 min (measured
+  before Table 2 had the fitted fusion rows, which add one pass of T, S and A+IFM over
+  mini val's clean frames).
 * Tables 1 + 2 in total: 70 min (< 90 min).
 * sweeps: α ∈ {0, 0.2, 0.4, 0.6, 0.8, 0.9} reuses A (α = 0) and A+IFM (α = 0.6); new runs
   α = 0.2, 0.4, 0.8, 0.9, p = 2, γ = 0.5, 2: 7 adaptation runs of 9 min plus their
@@ -67,9 +76,11 @@ from tsa_ros.data.generate import generate
 from tsa_ros.errors import ConfigError
 from tsa_ros.experiments.adapt import AdaptConfig, adapt
 from tsa_ros.experiments.ae_sets import make_ae_set
+from tsa_ros.experiments.detection import fit_fusion_rules, fusion_description
 from tsa_ros.experiments.report import publish, report_markdown
-from tsa_ros.experiments.tables import FUSION_ROWS, STANDARD_SETS, evaluate, ratio_table
-from tsa_ros.inference import resolve_device
+from tsa_ros.experiments.tables import STANDARD_SETS, evaluate, ratio_table
+from tsa_ros.fusion import FusionConfig
+from tsa_ros.inference import Predictor, resolve_device
 from tsa_ros.learning.losses import TSLossConfig
 from tsa_ros.learning.online import LearnerConfig
 from tsa_ros.learning.train import TrainConfig, train
@@ -409,6 +420,29 @@ class _Run:
     def sets(self, split: str, names: Sequence[str] = STANDARD_SETS) -> dict[str, LabeledDataset]:
         return {n: LabeledDataset(self.ae_root(split, n), split) for n in names}
 
+    def fusion_rules(self, triplet: dict[str, Any]) -> tuple[dict[str, FusionConfig], dict]:
+        """The fusion rows of Table 2 and their parameters, fitted on mini val's clean frames.
+
+        Not in the paper (decision fusion is left open in sec. 3.4, 4.3): the fitting of
+        ``tsa experiment detection`` (:func:`~tsa_ros.experiments.detection.fit_fusion_rules`,
+        its default target FPR for the gate), so the mini-test rows are never tuned on the
+        frames they are reported on.
+        """
+        models = list(triplet.values())  # T, S, A+IFM: the fused triplet, T breaking ties
+        predictors = [Predictor(m, device=self.device) for m in models]
+        base = FusionConfig(num_classes=models[0].config.num_classes)
+        configs, parameters = fit_fusion_rules(
+            predictors,
+            self.sets('minival', ('clean',))['clean'],
+            base,
+            split='minival',
+            batch_size=self.cfg.preset.eval_batch,
+        )
+        # Keyed by role (T, S, A) there; by row name here, so A+IFM reads as A+IFM.
+        weights = parameters['class_weights'].values()
+        parameters['class_weights'] = dict(zip(triplet, weights, strict=True))
+        return configs, parameters
+
     def tables(self) -> dict[str, Any]:
         t, s, a, a_ifm = (self.load(n) for n in ('teacher', 'student', 'adaptive', 'adaptive_ifm'))
         batch = self.cfg.preset.eval_batch
@@ -420,22 +454,32 @@ class _Run:
         table2 = evaluate(
             {'T': t, 'S': s, 'A': a, 'A+IFM': a_ifm}, sets2, False, batch, self.device
         )
-        # Fusion of T, S and A+IFM (evaluate fuses its first three models).
-        fused = evaluate({'T': t, 'S': s, 'A+IFM': a_ifm}, sets2, True, batch, self.device)
-        for row in FUSION_ROWS:
+        # Fusion of T, S and A+IFM (evaluate fuses its first three models); one pass gives
+        # every rule, majority vote and mean posterior included.
+        triplet = {'T': t, 'S': s, 'A+IFM': a_ifm}
+        configs, parameters = self.fusion_rules(triplet)
+        fused = evaluate(triplet, sets2, configs, batch, self.device)
+        for row in configs:
             table2['rows'].append(row)
             table2['results'][row] = fused['results'][row]
         table2['fusion_of'] = fused['fusion_of']
+        table2['fusion_rows'] = {row: fusion_description(row, parameters) for row in configs}
+        table2['fusion_parameters'] = parameters
         table2['split'], table2['table'] = 'minitest', 2
         for number, results, what in (
             (1, table1, 'mini validation set'),
             (2, table2, 'mini test set'),
         ):
             markdown, table_csv = ratio_table(results, f'Table {number}: {what}')
+            if number == 2:
+                markdown += _fusion_note(table2)
             (self.dir / f'table{number}.md').write_text(markdown)
             (self.dir / f'table{number}.csv').write_text(table_csv)
             (self.dir / f'table{number}.json').write_text(json.dumps(results, indent=2))
-        return {}
+        return {
+            'fusion_teacher_weight': parameters['teacher_weight'],
+            'fusion_gate_threshold': parameters['gate_threshold'],
+        }
 
     def sweep_points(self) -> list[tuple[str, TSLossConfig]]:
         base = dataclasses.replace(self.cfg.loss_ifm, p=1.0, beta=0.5, gamma=1.0)
@@ -513,6 +557,29 @@ class _Run:
         frames = min(self.cfg.preset.overlay_frames, len(sets['clean']))
         written = plots.overlays(models, sets, frames, self.dir / 'overlays', self.device)
         return {'overlays': [p.name for p in written]}
+
+
+def _fusion_note(table: dict[str, Any]) -> str:
+    """What Table 2's fusion rows are and where their parameters come from (Markdown)."""
+    par = table['fusion_parameters']
+    gate = par['gate_threshold']
+    triplet = table['fusion_of']
+    lines = [
+        '',  # ratio_table's text ends with its last row: a blank line before the heading
+        '## Fusion rows (not in the paper)',
+        '',
+        f'Each fuses {", ".join(triplet)} frame by frame ({triplet[-1]} is `A` below). '
+        'Every parameter is '
+        f"fitted on the {par['from']} split's clean frames only, never on these mini-test "
+        f'frames (as in `tsa experiment detection`): teacher weight '
+        f'{par["teacher_weight"]:g} of the confidence votes, gate threshold '
+        f'{"n/a" if gate is None else f"{gate:.4f}"} (the `{par["gate_rule"]}` suspect rule '
+        f'at {100 * par["gate_target_fpr"]:g} % FPR), class weights = per-class IoU; all in '
+        '`table2.json` → `fusion_parameters`.',
+        '',
+    ]
+    lines += [f'- `{row}`: {what}' for row, what in table['fusion_rows'].items()]
+    return '\n'.join(lines) + '\n'
 
 
 _OVERLAY_MODELS = (

@@ -67,7 +67,10 @@ def _table(number: int, table: Mapping[str, Any]) -> list[str]:
         lines.append(f'| {row} | ' + ' | '.join(cells) + ' |')
     fused = table.get('fusion_of') or []
     if fused:
-        lines += ['', f'`majority` and `posterior` fuse {", ".join(fused)} (not in the paper).']
+        rows = [row for row in table.get('rows', []) if row in table.get('fusion_rows', {})]
+        rows = rows or ['majority', 'posterior']  # a run from before the fusion-rule rows
+        names = ', '.join(f'`{row}`' for row in rows)
+        lines += ['', f'{names} fuse {", ".join(fused)} (not in the paper).']
     return lines + ['']
 
 

@@ -72,6 +72,7 @@ def evaluate(
     batch_size: int = 4,
     device: str | torch.device = 'cpu',
     progress: bool = False,
+    backend: str = 'auto',
 ) -> dict[str, Any]:
     """mIoU of every network (and optionally the fused outputs) on every set.
 
@@ -87,6 +88,8 @@ def evaluate(
         batch_size: images per forward pass.
         device: torch device of the networks.
         progress: a tqdm bar of the frames done (all sets together) and frames per second.
+        backend: the predictors' backend (tsa_ros.inference.BACKENDS), e.g. ``'bf16'`` to
+            measure what reduced precision costs in mIoU.
 
     Returns:
         ``{'rows', 'columns', 'class_names', 'sets': {name: provenance},
@@ -119,7 +122,9 @@ def evaluate(
             raise ValueError(f'model name {name!r} is reserved for a fusion row')
 
     # The data sets are already at the networks' size: the predictors run them as they are.
-    predictors = {name: Predictor(model, device=device) for name, model in models.items()}
+    predictors = {
+        name: Predictor(model, device=device, backend=backend) for name, model in models.items()
+    }
     results: dict[str, dict[str, Any]] = {row: {} for row in rows}
     # A frame counts once however many networks run on it: the rate is frames per second.
     bar = tqdm(total=sum(len(ds) for ds in sets.values()), unit='frame', disable=not progress)

@@ -104,6 +104,7 @@ class LearnerStats:
     frames_received: int = 0
     frames_dropped: int = 0
     steps_skipped: int = 0
+    holds: int = 0
     snapshot_version: int = 0
     ce: float = math.nan
     fm: float = math.nan
@@ -162,6 +163,7 @@ class OnlineLearner:
         self._queue: deque[tuple[Tensor, Tensor]] = deque()
         self._cond = threading.Condition()
         self._stop = threading.Event()
+        self._hold_until = 0.0  # time.monotonic() before which no step starts
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._snapshot_lock = threading.Lock()
@@ -206,6 +208,24 @@ class OnlineLearner:
             self.stats.frames_received += 1
             self._cond.notify()
         return not dropped
+
+    def hold(self, seconds: float) -> None:
+        """Start no training step for ``seconds`` from now (a step under way finishes); frames
+        keep queueing meanwhile, the oldest dropped when the queue is full. The graph yields
+        the CPU this way to segmenters that fall behind."""
+        if not seconds >= 0:
+            raise ValueError(f'hold must be >= 0 s, got {seconds}')
+        with self._cond:
+            until = time.monotonic() + seconds
+            if until > self._hold_until:
+                if self._hold_until <= time.monotonic():
+                    self.stats.holds += 1  # a new hold, not an extension of one
+                self._hold_until = until
+
+    @property
+    def held(self) -> bool:
+        """Whether training is on hold now."""
+        return time.monotonic() < self._hold_until
 
     @property
     def queue_length(self) -> int:
@@ -275,7 +295,10 @@ class OnlineLearner:
         """Pop batch_size frames (oldest first) once that many are queued."""
         with self._cond:
             ready = self._cond.wait_for(
-                lambda: len(self._queue) >= self.config.batch_size or self._stop.is_set(),
+                lambda: (
+                    (len(self._queue) >= self.config.batch_size and not self.held)
+                    or self._stop.is_set()
+                ),
                 timeout=timeout,
             )
             if not ready or self._stop.is_set():
@@ -290,6 +313,10 @@ class OnlineLearner:
         lower_thread_priority(self.config.nice)
         try:
             while not self._stop.is_set():
+                wait = self._hold_until - time.monotonic()
+                if wait > 0:
+                    self._stop.wait(min(wait, 0.1))
+                    continue
                 batch = self._next_batch(timeout=0.1)
                 if batch is not None:
                     self.train_step(*batch)

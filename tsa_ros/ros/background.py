@@ -22,6 +22,9 @@ def background_node(name: str, *, domain_id: int | None = None, **node_kwargs: A
     from rclpy.node import Node
     from rclpy.signals import SignalHandlerOptions
 
+    from tsa_ros.ros.env import use_dds_profile
+
+    use_dds_profile()  # the graph's transports, before this process's first participant
     context = rclpy.Context()
     rclpy.init(
         context=context,

@@ -19,6 +19,7 @@ from tsa_ros.errors import ConfigError
 from tsa_ros.inference import resolve_device
 from tsa_ros.keys import KEY_FILE_ENV, default_key_path, load_key, resolve_key_path
 from tsa_ros.models import ModelConfig, build_model, load_checkpoint
+from tsa_ros.ros.env import use_dds_profile
 from tsa_ros.ros.params import declare_dataclass, declare_once
 from tsa_ros.sync import stamp_ns
 
@@ -179,6 +180,7 @@ def run(node_factory: Callable[[], Node], args: Sequence[str] | None = None, thr
     """
     import signal
 
+    use_dds_profile()  # before the participant exists: it reads the profile once
     try:
         init = rclpy.init(
             args=args if args is not None else sys.argv,

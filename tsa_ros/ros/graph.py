@@ -43,7 +43,12 @@ def default_config(device: str = 'cuda') -> str:
     """The package's params file for ``device``: config/cpu.yaml (networks that keep up on a
     2-core CPU) when it means the CPU, else config/tsa.yaml (the paper's networks, for a GPU);
     of the installed package (share/), else of this source tree."""
-    name = 'cpu.yaml' if cpu_only(device) else 'tsa.yaml'
+    return package_config('cpu.yaml' if cpu_only(device) else 'tsa.yaml')
+
+
+def package_config(name: str) -> str:
+    """A file of the package's config/ folder: of the installed package (share/), else of
+    this source tree."""
     try:
         from ament_index_python.packages import get_package_share_directory
 

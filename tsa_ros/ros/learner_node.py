@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from diagnostic_msgs.msg import DiagnosticStatus
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -62,6 +62,8 @@ from tsa_ros.threads import LEARNER_THREADS
 STOP_TIMEOUT_S = 30.0
 #: Period of the timer that gives up frames whose teacher result never came.
 EXPIRE_PERIOD_S = 0.1
+#: Roles whose lost camera frames make the learner yield (they publish them on /diagnostics).
+SEGMENTER_ROLES = ('teacher', 'student', 'adaptive')
 #: LearnerConfig fields not declared: `device` (NetworkParams) places both S and A.
 EXCLUDED = ('learner.device',)
 
@@ -93,6 +95,9 @@ class LearnerNodeParams:
         input_qos: QoS of the camera subscription (tsa_ros.ros.qos.InputQoS).
         num_threads: Intra-op threads of the training; 0 = auto: 1, so that the learner
             leaves the cores to the segmenters (tsa_ros.threads).
+        yield_s: Seconds no training step starts after a segmenter of this namespace
+            reported camera frames lost in its queue on /diagnostics (it fell behind: the
+            learner gives its CPU share back); 0 = never pause.
     """
 
     checkpoint_path: str = ''
@@ -105,8 +110,11 @@ class LearnerNodeParams:
     admission_hz: float = 0.0
     input_qos: qos.InputQoS = field(default_factory=qos.InputQoS)
     num_threads: int = 0
+    yield_s: float = 5.0
 
     def __post_init__(self) -> None:
+        if not self.yield_s >= 0:
+            raise ValueError(f'yield_s must be >= 0 (0 = never pause), got {self.yield_s}')
         if not self.admission_hz >= 0:
             raise ValueError(f'admission_hz must be >= 0, got {self.admission_hz}')
         if self.num_threads < 0:
@@ -201,6 +209,11 @@ class LearnerNode(ManagedNode):
         self.create_subscription(
             Segmentation, 'teacher/segmentation', self.on_teacher, qos.RESULTS
         )
+        self._lost_seen: dict[str, int] = {}  # segmenter -> its last lost.camera count
+        if self.params.yield_s > 0:
+            self.create_subscription(
+                DiagnosticArray, '/diagnostics', self.on_diagnostics, qos.RESULTS
+            )
         self.create_timer(EXPIRE_PERIOD_S, self.on_expire_timer)
         self.create_timer(self.params.status_period_s, self.on_status_timer)
         # Own group: pausing waits for the current training step, frames keep being counted.
@@ -263,6 +276,26 @@ class LearnerNode(ManagedNode):
             self._pairing.add_teacher(stamp_ns(msg.header), probs, time.monotonic())
         except ValueError as exc:
             self.health.reject('posteriors', str(exc))
+
+    def on_diagnostics(self, array: DiagnosticArray) -> None:
+        """Hold training for ``yield_s`` when a segmenter of this graph lost camera frames
+        since its last report: its queue overflowed while the CPU was short."""
+        self.health.count('diagnostics.seen', len(array.status))
+        for status in array.status:
+            namespace = status.name.rsplit('/', 1)[0] or '/'
+            values = {kv.key: kv.value for kv in status.values}
+            if namespace != self.get_namespace() or values.get('role') not in SEGMENTER_ROLES:
+                continue
+            try:
+                lost = int(values.get('lost.camera', 0))
+            except ValueError:
+                continue
+            before = self._lost_seen.get(status.name, lost)  # first report: its baseline
+            self._lost_seen[status.name] = lost
+            if lost > before:
+                self.learner.hold(self.params.yield_s)
+                self.health.count('yields')
+                self.health.set('yielded_to', values['role'])
 
     def on_expire_timer(self) -> None:
         self._pairing.expire(time.monotonic())
@@ -355,6 +388,7 @@ class LearnerNode(ManagedNode):
         self._status_pub.publish(msg)
         self.health.set('step', stats.step)
         self.health.set('queue', self.learner.queue_length)
+        self.health.set('holding', self.learner.held)
         error = self.learner.error
         if error is not None:
             self.health.status(DiagnosticStatus.ERROR, f'training thread failed: {error!r}')

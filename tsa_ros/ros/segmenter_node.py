@@ -70,8 +70,9 @@ class SegmenterParams:
             frame is not slow.
         admission_hz: Frames per second segmented, chosen by header stamp (tsa_ros.admission)
             so the whole triplet takes the same frames; 0 = every frame.
-        backend: How the network runs (tsa_ros.inference.BACKENDS): 'auto' (=
-            channels_last), 'eager', 'channels_last' or 'bf16' (where the CPU/GPU has it);
+        backend: How the network runs (tsa_ros.inference.BACKENDS): 'auto' (the fastest
+            of channels_last, eager and, where the CPU/GPU has bfloat16, bf16, timed at
+            warm-up; without warm-up channels_last), 'eager', 'channels_last', 'bf16';
             'onnxruntime' (CPU, opt-in): exported per input size at warm-up, cached on disk,
             so keep frames at the warm-up size (resize: true) or a new size exports again.
         num_threads: Intra-op threads of this segmenter's process; 0 = auto: the cores
