@@ -322,18 +322,29 @@ def attack_rows(
     ]
 
 
-def _train_until_stopped(config: dict, size: tuple[int, int], nice: int, stop, steps) -> None:
-    """Child process: the learner's training loop on random frames until ``stop`` is set."""
+def train_until_stopped(
+    config: dict,
+    size: tuple[int, int],
+    nice: int,
+    stop,
+    steps,
+    batch: int = 3,
+    threads: int | None = None,
+) -> None:
+    """Child process: the learner's training loop on random frames (``batch`` a step, on
+    ``threads`` intra-op threads, None = torch's default) until ``stop`` is set."""
     from tsa_ros.learning.online import LearnerConfig, OnlineLearner, lower_thread_priority
 
     # First, before torch starts its worker threads: they inherit the niceness (as the
     # learner node's training thread does).
     lower_thread_priority(nice)
+    if threads is not None:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     student = build_model(ModelConfig(**config))
     learner = OnlineLearner(student, LearnerConfig(device='cpu', nice=0))
-    images = frames_to_tensor(list(_frames(size, 3)))
-    probs = torch.softmax(torch.randn(3, student.num_classes, *size), dim=1)
+    images = frames_to_tensor(list(_frames(size, batch)))
+    probs = torch.softmax(torch.randn(batch, student.num_classes, *size), dim=1)
     while not stop.is_set():
         learner.train_step(images, probs)
         with steps.get_lock():
@@ -375,7 +386,7 @@ def learner_rows(
     config = dict(vars(student.config))
     ctx = mp.get_context('spawn')
     stop, steps = ctx.Event(), ctx.Value('i', 0)
-    child = ctx.Process(target=_train_until_stopped, args=(config, size, nice, stop, steps))
+    child = ctx.Process(target=train_until_stopped, args=(config, size, nice, stop, steps))
     idle = interleave({'idle': bare}, repeats)['idle']
     child.start()
     try:

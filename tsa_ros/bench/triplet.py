@@ -17,6 +17,7 @@ import time
 import numpy as np
 import torch
 
+from tsa_ros.bench.figures import train_until_stopped
 from tsa_ros.bench.timing import Timing, interleave
 from tsa_ros.inference import Predictor
 from tsa_ros.models import ModelConfig, build_model
@@ -52,25 +53,6 @@ def _segmenter(config, seed, size, threads, start, done, times, slot, rounds) ->
         done.wait()
 
 
-def _trainer(config, size, threads, nice, stop, steps) -> None:
-    """Worker: the learner's training loop (batch 2, as config/cpu.yaml) until ``stop``."""
-    from tsa_ros.inference import frames_to_tensor
-    from tsa_ros.learning.online import LearnerConfig, OnlineLearner, lower_thread_priority
-
-    lower_thread_priority(nice)  # before torch starts threads: they inherit it
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    student = build_model(ModelConfig(**config))
-    learner = OnlineLearner(student, LearnerConfig(device='cpu', nice=0))
-    frames = np.random.default_rng(1).integers(0, 256, (2, *size, 3), dtype=np.uint8)
-    images = frames_to_tensor(list(frames))
-    probs = torch.softmax(torch.randn(2, student.num_classes, *size), dim=1)
-    while not stop.is_set():
-        learner.train_step(images, probs)
-        with steps.get_lock():
-            steps.value += 1
-
-
 def run_triplet(
     size: tuple[int, int],
     threads: int,
@@ -96,8 +78,12 @@ def run_triplet(
     stop, steps = ctx.Event(), ctx.Value('i', 0)
     trainer = None
     if learner is not None:
+        threads, nice = learner
         trainer = ctx.Process(
-            target=_trainer, args=(configs['student'], size, *learner, stop, steps), daemon=True
+            target=train_until_stopped,
+            args=(configs['student'], size, nice, stop, steps),
+            kwargs={'batch': 2, 'threads': threads},  # batch 2, as config/cpu.yaml
+            daemon=True,
         )
     wall = []
     try:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from tsa_ros.ros.graph import ROLES, GraphArgs, describe, load_params_file
+from tsa_ros.ros.graph import ROLES, GraphArgs, describe, role_network
 
 #: Topics whose messages are sized: the graph's own namespace and the camera.
 GRAPH_NAMESPACE = '/tsa'
@@ -40,18 +40,16 @@ def _network_configs(params_file: str) -> dict[str, Any]:
     """ModelConfig of T and S (A = S) from the params file's sections."""
     from tsa_ros.models import ModelConfig
 
-    data = load_params_file(params_file)
     out = {}
-    for key, value in data.items():
-        role = str(key).rstrip('/').split('/')[-1]
-        if role in ('teacher', 'student'):
-            model = dict(((value or {}).get('ros__parameters') or {}).get('model') or {})
-            if 'input_size' in model:
-                model['input_size'] = tuple(model['input_size'])
-            out[role] = ModelConfig(**model)
-    missing = {'teacher', 'student'} - set(out)
-    if missing:
-        raise ValueError(f'{params_file}: no model section for {sorted(missing)}')
+    for role in ('teacher', 'student'):
+        model = {
+            key.removeprefix('model.'): value
+            for key, value in role_network(params_file, role).items()
+            if key.startswith('model.')
+        }
+        if 'input_size' in model:
+            model['input_size'] = tuple(model['input_size'])
+        out[role] = ModelConfig(**model)
     return out
 
 
